@@ -1,0 +1,1 @@
+"""Datasets: raw files -> the prepared format of :mod:`gemsbench.data.format`."""

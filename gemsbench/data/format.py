@@ -1,0 +1,164 @@
+"""The prepared-dataset format every dataset loader writes and every method reads.
+
+A prepared dataset is a directory::
+
+    items.parquet    item (int, 0..n_items-1), raw_id (str), title (str), query (str, may be "")
+    events.parquet   user (int), item (int), ts (int), task ("rec"|"search"), query (str, "" for rec),
+                     split ("train"|"valid"|"test"), sorted by (user, ts, order of arrival)
+    train.parquet    examples, see EXAMPLE_COLUMNS (candidates empty)
+    valid.parquet    examples with stored candidates (targets first, then the sampled negatives)
+    test.parquet     same as valid
+    stats.json       dataset statistics (users, items, interactions, search share, queries, ...)
+    meta.json        how it was made: dataset name, loader parameters, seed
+
+Items are internal integer ids; users likewise. An example's ``history`` lists earlier events, oldest
+first, each with its task and query (``history_task``/``history_query`` are parallel lists; a loader that
+does not know an event's task writes ``""``). A training example sees only train-split events in its
+history, a validation example train and valid ones, a test example all earlier events: no evaluation
+target ever enters a training input. Formats (prompt, timeline) decide which history events to show.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+TASKS = ("rec", "search")
+SPLITS = ("train", "valid", "test")
+ITEM_COLUMNS = ("item", "raw_id", "title", "query")
+EVENT_COLUMNS = ("user", "item", "ts", "task", "query", "split")
+EXAMPLE_COLUMNS = (
+    "example_id",  # int, unique within a split
+    "user",  # int
+    "task",  # "rec" | "search"
+    "query",  # str, the search query of the target event ("" for rec)
+    "history",  # list[int], earlier items, oldest first
+    "history_task",  # list[str], task of each history event ("" if unknown)
+    "history_query",  # list[str], query of each history event ("" for rec/unknown)
+    "targets",  # list[int], one or more target items
+    "candidates",  # list[int], targets followed by sampled negatives (valid/test); [] for train
+    "ts",  # int, time of the target event
+)
+
+
+class DataFormatError(ValueError):
+    """A prepared dataset or raw input file does not have the expected shape."""
+
+
+@dataclass
+class PreparedDataset:
+    """A prepared dataset loaded into memory."""
+
+    root: Path
+    items: pd.DataFrame
+    events: pd.DataFrame
+    splits: dict[str, pd.DataFrame]
+    stats: dict
+    meta: dict
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("dataset", self.root.name)
+
+
+def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
+    """Write ``df`` to ``path`` through a temporary file so an interrupted job leaves nothing half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(obj, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _require_columns(df: pd.DataFrame, columns, what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataFormatError(f"{what} lacks column(s) {missing}; it has {list(df.columns)}. "
+                              "Re-run the prepare step for this dataset.")
+
+
+def validate_examples(df: pd.DataFrame, n_items: int, split: str) -> None:
+    """Check the invariants of an example table; raise DataFormatError naming the first bad row."""
+    _require_columns(df, EXAMPLE_COLUMNS, f"{split} examples")
+    bad_task = ~df["task"].isin(TASKS)
+    if bad_task.any():
+        row = df[bad_task].iloc[0]
+        raise DataFormatError(f"{split} example {row.example_id}: task {row.task!r} is not one of {TASKS}")
+    for row in df.itertuples(index=False):
+        if len(row.targets) == 0:
+            raise DataFormatError(f"{split} example {row.example_id}: no target item")
+        if not (len(row.history) == len(row.history_task) == len(row.history_query)):
+            raise DataFormatError(f"{split} example {row.example_id}: history, history_task and "
+                                  "history_query have different lengths")
+        ids = list(row.targets) + list(row.history) + list(row.candidates)
+        if ids and (min(ids) < 0 or max(ids) >= n_items):
+            raise DataFormatError(f"{split} example {row.example_id}: item id out of range 0..{n_items - 1}")
+        if split != "train":
+            cands = list(row.candidates)
+            if cands[: len(row.targets)] != list(row.targets):
+                raise DataFormatError(f"{split} example {row.example_id}: candidates must start with the targets")
+            if len(set(cands)) != len(cands):
+                raise DataFormatError(f"{split} example {row.example_id}: duplicate candidates")
+
+
+def write_prepared(root: Path, items: pd.DataFrame, events: pd.DataFrame, splits: dict[str, pd.DataFrame],
+                   stats: dict, meta: dict) -> None:
+    """Validate and write a prepared dataset; stats.json is written last and marks completion."""
+    root = Path(root)
+    _require_columns(items, ITEM_COLUMNS, "items")
+    _require_columns(events, EVENT_COLUMNS, "events")
+    if list(items["item"]) != list(range(len(items))):
+        raise DataFormatError("items.item must be 0..n_items-1 in order")
+    for split in SPLITS:
+        validate_examples(splits[split], len(items), split)
+    atomic_write_parquet(items[list(ITEM_COLUMNS)], root / "items.parquet")
+    atomic_write_parquet(events[list(EVENT_COLUMNS)], root / "events.parquet")
+    for split in SPLITS:
+        atomic_write_parquet(splits[split][list(EXAMPLE_COLUMNS)], root / f"{split}.parquet")
+    atomic_write_json(meta, root / "meta.json")
+    atomic_write_json(stats, root / "stats.json")
+
+
+def load_prepared(root: Path) -> PreparedDataset:
+    root = Path(root)
+    if not (root / "stats.json").exists():
+        raise DataFormatError(f"{root} is not a prepared dataset (no stats.json); run the prepare step, e.g. "
+                              "`python -m gemsbench.cli.prepare --config config/default.yaml --dataset NAME`")
+    items = pd.read_parquet(root / "items.parquet")
+    events = pd.read_parquet(root / "events.parquet")
+    splits = {}
+    for split in SPLITS:
+        df = pd.read_parquet(root / f"{split}.parquet")
+        for col in ("history", "history_task", "history_query", "targets", "candidates"):
+            df[col] = df[col].map(list)
+        splits[split] = df
+    with open(root / "stats.json") as f:
+        stats = json.load(f)
+    with open(root / "meta.json") as f:
+        meta = json.load(f)
+    return PreparedDataset(root, items, events, splits, stats, meta)

@@ -1,0 +1,118 @@
+"""The one small interface every method implements, so the harness never branches on a method's name.
+
+Two families share it:
+
+* :class:`Method` — anything that learns from the prepared examples and then scores items (popularity,
+  shared-encoder models). ``fit`` trains and saves into the run directory; ``load_scorer`` rebuilds a
+  :class:`Scorer` from what ``fit`` saved.
+* :class:`LLMMethod` — fine-tunes the language-model backbone inside the shared training loop
+  (:mod:`gemsbench.train`). A subclass says how to wrap the model (adapters, freezing), which optimizer
+  to build, and how to take a step; the loop does batching, autocast, accumulation, per-task gradients,
+  logging, checkpoints and model selection.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..data.format import PreparedDataset
+
+
+class Scorer(Protocol):
+    """Scores every item of the catalogue for a batch of examples (higher = ranked earlier)."""
+
+    def score(self, examples: pd.DataFrame) -> torch.Tensor:
+        """Return a float32 tensor [len(examples), n_items] on the CPU."""
+
+
+@dataclass
+class RunContext:
+    """Everything a method needs to train one run."""
+
+    dataset: PreparedDataset
+    run_dir: Path
+    seed: int
+    hparams: dict  # the method's hyper-parameters from the config (defaults already applied)
+    train: dict  # the training section of the config (format, steps, batch size, lr, ...)
+    backbone: dict = field(default_factory=dict)  # the backbone section (name, source, cache dir, ...)
+    device: str = "cpu"
+
+
+class Method(ABC):
+    """A method: ``fit`` on a run context, then ``load_scorer`` for evaluation."""
+
+    name: ClassVar[str]
+    #: defaults of this method's hyper-parameters; keys outside it are rejected at construction
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, hparams: dict | None = None):
+        hparams = dict(hparams or {})
+        unknown = set(hparams) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"method {self.name!r}: unknown hyper-parameter(s) {sorted(unknown)}; "
+                             f"known: {sorted(self.defaults)}")
+        self.hparams = {**self.defaults, **hparams}
+
+    @abstractmethod
+    def fit(self, ctx: RunContext) -> dict:
+        """Train, save what ``load_scorer`` needs under ``ctx.run_dir``, return a summary dict."""
+
+    @abstractmethod
+    def load_scorer(self, ctx: RunContext) -> Scorer:
+        """Rebuild the trained scorer from ``ctx.run_dir``."""
+
+
+@dataclass
+class TaskGradients:
+    """Per-task gradients of the trainable parameters for one optimizer step.
+
+    ``rec[i]``/``search[i]`` is the gradient of the token-mean loss of that task alone with respect to
+    ``params[i]`` (None when the task had no target in the step). The joint gradient — that of the token-mean
+    loss over both tasks — equals ``(n_rec * rec + n_search * search) / (n_rec + n_search)`` and is what the
+    loop leaves in ``p.grad``.
+    """
+
+    params: list[nn.Parameter]
+    rec: list[torch.Tensor | None]
+    search: list[torch.Tensor | None]
+    n_rec: int
+    n_search: int
+    loss_rec: float
+    loss_search: float
+
+
+class LLMMethod(Method):
+    """A method that fine-tunes the backbone in the shared loop."""
+
+    #: True when ``optimizer_step`` needs the per-task gradients (two backward passes per step)
+    uses_task_gradients: ClassVar[bool] = False
+
+    @abstractmethod
+    def prepare_model(self, model: nn.Module, item_token_ids: list[int]) -> nn.Module:
+        """Wrap/freeze the backbone (with item tokens already added); return the model to train."""
+
+    @abstractmethod
+    def build_optimizer(self, model: nn.Module, total_steps: int) -> torch.optim.Optimizer:
+        """The optimizer over the model's trainable parameters; the loop adds the learning-rate schedule."""
+
+    def before_forward(self, model: nn.Module, batch: dict) -> None:
+        """Hook run before every forward pass (e.g. to route task ids to experts). Default: nothing."""
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, task_grads: TaskGradients | None) -> dict:
+        """Take one step; ``p.grad`` holds the joint gradient. Return values to log (may be empty)."""
+        optimizer.step()
+        return {}
+
+    def fit(self, ctx: RunContext) -> dict:
+        from ..train import train_llm
+        return train_llm(self, ctx)
+
+    def load_scorer(self, ctx: RunContext) -> Scorer:
+        from ..train import load_llm_scorer
+        return load_llm_scorer(self, ctx)
