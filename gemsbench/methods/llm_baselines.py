@@ -1,0 +1,71 @@
+"""The first LLM methods: full fine-tuning (AdamW) and LoRA through peft."""
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from .base import LLMMethod
+from .registry import register_method
+
+DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+T5_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
+
+
+def linear_targets(model: nn.Module) -> list[str]:
+    """Last-component names of the attention and MLP projections present in ``model`` (Llama-family or T5)."""
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    wanted = T5_TARGETS if getattr(model.config, "is_encoder_decoder", False) else DECODER_TARGETS
+    found = [t for t in wanted if t in names]
+    if not found:
+        raise ValueError(f"none of the projection names {wanted} found in {type(model).__name__}; "
+                         f"linear layers seen: {sorted(names)[:10]}")
+    return found
+
+
+def adamw(params, hp: dict) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=hp["lr"], betas=tuple(hp["betas"]), eps=hp["eps"],
+                             weight_decay=hp["weight_decay"])
+
+
+ADAMW_DEFAULTS = {"lr": 1e-4, "weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-6}
+
+
+@register_method("full_ft")
+class FullFineTune(LLMMethod):
+    """Every weight trainable, AdamW (betas, eps and weight decay as in the release)."""
+
+    defaults = dict(ADAMW_DEFAULTS)
+
+    def prepare_model(self, model, item_token_ids):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def build_optimizer(self, model, total_steps):
+        return adamw([p for p in model.parameters() if p.requires_grad], self.hparams)
+
+
+@register_method("lora")
+class LoRA(LLMMethod):
+    """LoRA (peft) on the attention and MLP projections; the item tokens' embedding rows are trainable through
+    peft's ``trainable_token_indices`` (tied heads share them). ``use_dora`` and ``init`` ("pissa") give the
+    DoRA and PiSSA variants."""
+
+    defaults = {**ADAMW_DEFAULTS, "lr": 5e-4, "rank": 16, "alpha": 32, "dropout": 0.05, "use_dora": False,
+                "init": "default"}
+
+    def lora_config(self, model, item_token_ids) -> LoraConfig:
+        init = {"default": True, "pissa": "pissa", "gaussian": "gaussian"}.get(self.hparams["init"])
+        if init is None:
+            raise ValueError(f"unknown LoRA init {self.hparams['init']!r}; use default, pissa or gaussian")
+        return LoraConfig(r=self.hparams["rank"], lora_alpha=self.hparams["alpha"],
+                          lora_dropout=self.hparams["dropout"], target_modules=linear_targets(model),
+                          use_dora=self.hparams["use_dora"], init_lora_weights=init,
+                          trainable_token_indices=list(item_token_ids))
+
+    def prepare_model(self, model, item_token_ids):
+        return get_peft_model(model, self.lora_config(model, item_token_ids))
+
+    def build_optimizer(self, model, total_steps):
+        return adamw([p for p in model.parameters() if p.requires_grad], self.hparams)

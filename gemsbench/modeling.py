@@ -1,0 +1,87 @@
+"""Forward passes over format batches: hidden states at labelled positions -> item logits and losses.
+
+Only the labelled positions go through the output head, so a timeline batch with hundreds of tokens pays
+the vocabulary projection for its ~20 targets per row, not for every token.
+
+Ranking by item-token logits at the first generated position is what a constrained beam search over the
+candidate items returns when each item is one atomic token: the first decoding step scores every allowed
+token by its log-probability, and log-softmax is monotone in the logit (tested in tests/test_modeling.py).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def autocast(device: str, precision: str):
+    """bf16 autocast where asked (CPU with AVX-512 bf16 and CUDA both gain); fp32 otherwise."""
+    if precision == "bf16":
+        return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+    if precision != "fp32":
+        raise ValueError(f"unknown precision {precision!r}; use bf16 or fp32")
+    return contextlib.nullcontext()
+
+
+def _decoder_body(model: nn.Module) -> nn.Module:
+    body = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if body is None:
+        raise TypeError(f"{type(model).__name__} exposes no decoder body (get_decoder)")
+    return body
+
+
+def labelled_hidden(model: nn.Module, batch: dict, is_encoder_decoder: bool) -> torch.Tensor:
+    """Hidden states [N, d] at the labelled positions, scaled as the model's head expects."""
+    if is_encoder_decoder:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    decoder_input_ids=batch["decoder_input_ids"], output_hidden_states=True, return_dict=True)
+        hidden = out.decoder_hidden_states[-1]
+        cfg = model.config
+        if getattr(cfg, "model_type", "") == "t5" and getattr(cfg, "scale_decoder_outputs",
+                                                               cfg.tie_word_embeddings):
+            hidden = hidden * (cfg.d_model ** -0.5)  # T5 scales tied decoder outputs before its head
+    else:
+        hidden = _decoder_body(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                      use_cache=False).last_hidden_state
+    pos = batch["label_pos"]
+    return hidden[pos[:, 0], pos[:, 1]]
+
+
+def item_logits(model: nn.Module, hidden: torch.Tensor, item_token_ids: torch.Tensor) -> torch.Tensor:
+    # Through the head module (not its .weight): adapters such as peft's trainable tokens live in forward().
+    return vocab_logits(model, hidden)[:, item_token_ids]
+
+
+def vocab_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    return model.get_output_embeddings()(hidden).float()
+
+
+def task_loss_sums(model: nn.Module, batch: dict, item_token_ids: torch.Tensor, is_encoder_decoder: bool,
+                   loss_vocab: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy over the labelled positions of each task: (rec_sum, search_sum).
+
+    ``loss_vocab`` ``full`` normalises over the whole vocabulary (generation as in the release); ``items``
+    over the item tokens only (cheaper, and what ranking uses).
+    """
+    hidden = labelled_hidden(model, batch, is_encoder_decoder)
+    if loss_vocab == "full":
+        logits = vocab_logits(model, hidden)
+        target = item_token_ids[batch["label_item"]]
+    elif loss_vocab == "items":
+        logits = item_logits(model, hidden, item_token_ids)
+        target = batch["label_item"]
+    else:
+        raise ValueError(f"unknown loss_vocab {loss_vocab!r}; use full or items")
+    ce = F.cross_entropy(logits, target, reduction="none")
+    is_search = batch["label_task"] == 1
+    return ce[~is_search].sum(), ce[is_search].sum()
+
+
+@torch.no_grad()
+def score_items(model: nn.Module, batch: dict, item_token_ids: torch.Tensor, is_encoder_decoder: bool
+                ) -> torch.Tensor:
+    """Item-token logits [B, n_items] at the first generated position of each evaluation row."""
+    hidden = labelled_hidden(model, batch, is_encoder_decoder)
+    return item_logits(model, hidden, item_token_ids)

@@ -1,0 +1,440 @@
+"""The training loop every LLM method shares.
+
+It owns batching (formats), autocast, gradient accumulation, per-task gradients, the learning-rate
+schedule, the JSON-lines training log, validation-based model selection and exact resume. A method only
+says how to wrap the model, which optimizer to build and how to step (:class:`~gemsbench.methods.base.LLMMethod`).
+
+Per-task gradients (method.md §3): the joint loss is the token mean over both tasks, so its gradient is the
+token-count-weighted sum of the two task gradients. When a method asks for them (or the conflict analysis
+does), the loop takes one backward pass per task — over the two disjoint example subsets in the prompt
+format, or twice through one shared forward pass in the timeline format — and derives the joint gradient
+from them instead of computing it a third time.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .backbone import add_item_tokens, load_backbone
+from .formats import Encoder, FormatConfig, count_labels, shuffled_order, subset_batch
+from .methods.base import LLMMethod, RunContext, TaskGradients
+from .metrics import metrics_from_ranks, target_ranks
+from .modeling import autocast, score_items, task_loss_sums
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to change."""
+
+
+@dataclass
+class TrainSettings:
+    """The ``train`` section of the config (defaults and sources in workflow/schemas/config.schema.yaml)."""
+
+    format: str = "timeline"
+    max_history: int = 20
+    rec_history: str = "rec_only"
+    history_separator: str = ""
+    templates: dict = field(default_factory=dict)
+    max_steps: int = 200
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.01
+    schedule: str = "cosine"
+    precision: str = "bf16"
+    loss_vocab: str = "full"
+    item_init: str = "title_mean"
+    eval_every: int = 100
+    val_examples: int = 200
+    selection: str = "ndcg@5"
+    eval_batch_size: int = 32
+    max_grad_norm: float = 0.0
+    conflict_every: int = 0
+    checkpoint_every: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise TrainingError(f"unknown train setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        s = cls(**d)
+        if s.schedule not in ("cosine", "constant"):
+            raise TrainingError(f"train.schedule must be cosine or constant, not {s.schedule!r}")
+        if not (s.selection == "val_loss" or s.selection == "last" or s.selection.startswith("ndcg@")):
+            raise TrainingError(f"train.selection must be val_loss, last or ndcg@K, not {s.selection!r}")
+        return s
+
+    def format_config(self) -> FormatConfig:
+        kw = dict(name=self.format, max_history=self.max_history, rec_history=self.rec_history,
+                  history_separator=self.history_separator)
+        if self.templates:
+            kw["templates"] = self.templates
+        return FormatConfig(**kw)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@dataclass
+class Built:
+    model: torch.nn.Module
+    encoder: Encoder
+    item_ids: torch.Tensor
+    is_encoder_decoder: bool
+
+
+def build(method: LLMMethod, ctx: RunContext, settings: TrainSettings) -> Built:
+    """Backbone + item tokens + the method's wrapping, deterministic under ``ctx.seed``."""
+    torch.manual_seed(ctx.seed)
+    bb = load_backbone(ctx.backbone, Path(ctx.backbone.get("cache_root", "cache")))
+    add_item_tokens(bb, ctx.dataset.items["title"].fillna("").tolist(), settings.item_init, seed=ctx.seed)
+    torch.manual_seed(ctx.seed)
+    model = method.prepare_model(bb.model, bb.item_token_ids)
+    device = resolve_device(ctx.device)
+    model.to(device)
+    start = getattr(bb.model.config, "decoder_start_token_id", None)
+    enc = Encoder(bb.tokenizer, bb.item_token_ids, bb.is_encoder_decoder, settings.format_config(), start)
+    return Built(model, enc, torch.tensor(bb.item_token_ids, device=device), bb.is_encoder_decoder)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+    unknown = [n for n in state if n not in params]
+    if missing or unknown:
+        raise TrainingError(f"checkpoint does not fit the model: missing {missing[:3]}, unknown {unknown[:3]}")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t.to(params[n].device))
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def lr_lambda(settings: TrainSettings, total: int):
+    warm = max(1, int(round(settings.warmup_ratio * total)))
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if settings.schedule == "constant":
+            return 1.0
+        progress = (step - warm) / max(1, total - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def validation_subset(valid: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The same validation examples for every method: up to n per task, chosen with a fixed seed."""
+    parts = []
+    for _, grp in valid.groupby("task", sort=True):
+        order = np.random.default_rng(0).permutation(len(grp))[:n]
+        parts.append(grp.iloc[np.sort(order)])
+    return pd.concat(parts, ignore_index=True)
+
+
+class Loop:
+    """One training run of an LLM method."""
+
+    def __init__(self, method: LLMMethod, ctx: RunContext):
+        self.method, self.ctx = method, ctx
+        self.s = TrainSettings.from_dict(ctx.train)
+        self.device = resolve_device(ctx.device)
+        self.b = build(method, ctx, self.s)
+        self.model = self.b.model
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.params:
+            raise TrainingError(f"method {method.name!r} left no trainable parameter")
+        self.units = self.b.encoder.training_units(ctx.dataset.splits["train"], ctx.dataset.events)
+        if not self.units:
+            raise TrainingError("no training units: the train split is empty for this format")
+        self.optimizer = method.build_optimizer(self.model, self.s.max_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.s, self.s.max_steps))
+        self.valid = validation_subset(ctx.dataset.splits["valid"], self.s.val_examples)
+        self.run_dir = Path(ctx.run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoint"
+        self.step = 0
+        self.best = {"metric": None, "step": -1}
+
+    # --- data ---------------------------------------------------------------------------------
+    def step_units(self, step: int) -> list:
+        per_step = self.s.batch_size * self.s.grad_accum
+        n = len(self.units)
+        out = []
+        for g in range(step * per_step, (step + 1) * per_step):
+            epoch, pos = divmod(g, n)
+            if pos == 0 or not out or epoch != getattr(self, "_order_epoch", None):
+                self._order = shuffled_order(n, self.ctx.seed, epoch)
+                self._order_epoch = epoch
+            out.append(self.units[self._order[pos]])
+        return out
+
+    def micro_batches(self, step: int) -> list[dict]:
+        units = self.step_units(step)
+        bs = self.s.batch_size
+        return [self._to_device(self.b.encoder.collate_train(units[i:i + bs])) for i in range(0, len(units), bs)]
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    # --- gradients ----------------------------------------------------------------------------
+    def losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        self.method.before_forward(self.model, batch)
+        with autocast(self.device, self.s.precision):
+            return task_loss_sums(self.model, batch, self.b.item_ids, self.b.is_encoder_decoder, self.s.loss_vocab)
+
+    def joint_backward(self, batches: list[dict], n_rec: int, n_search: int) -> tuple[float, float]:
+        n = n_rec + n_search
+        tot_rec = tot_search = 0.0
+        for batch in batches:
+            rec, search = self.losses(batch)
+            ((rec + search) / n).backward()
+            tot_rec += rec.item()
+            tot_search += search.item()
+        return tot_rec / max(n_rec, 1), tot_search / max(n_search, 1)
+
+    def task_backward(self, batches: list[dict], n_rec: int, n_search: int) -> TaskGradients:
+        """Two backward passes (one per task); leaves the derived joint gradient in ``p.grad``."""
+        acc = {0: [torch.zeros_like(p) for p in self.params], 1: [torch.zeros_like(p) for p in self.params]}
+        totals = {0: 0.0, 1: 0.0}
+        counts = {0: n_rec, 1: n_search}
+        for batch in batches:
+            if self.s.format == "prompt":
+                pieces = [(t, subset_batch(batch, t)) for t in (0, 1)]
+                for t, sub in pieces:
+                    if sub is None:
+                        continue
+                    loss = self.losses(sub)[t]
+                    self._accumulate(acc[t], loss / counts[t], retain=False)
+                    totals[t] += loss.item()
+            else:
+                rec, search = self.losses(batch)
+                n_lab = count_labels(batch)
+                for t, loss in ((0, rec), (1, search)):
+                    if n_lab[t]:
+                        self._accumulate(acc[t], loss / counts[t], retain=(t == 0 and n_lab[1] > 0))
+                        totals[t] += loss.item()
+        n = n_rec + n_search
+        for p, gr, gs in zip(self.params, acc[0], acc[1]):
+            p.grad = (gr * n_rec + gs * n_search) / n
+        return TaskGradients(self.params, acc[0] if n_rec else [None] * len(self.params),
+                             acc[1] if n_search else [None] * len(self.params), n_rec, n_search,
+                             totals[0] / max(n_rec, 1), totals[1] / max(n_search, 1))
+
+    def _accumulate(self, acc: list[torch.Tensor], loss: torch.Tensor, retain: bool) -> None:
+        grads = torch.autograd.grad(loss, self.params, retain_graph=retain, allow_unused=True)
+        for a, g in zip(acc, grads):
+            if g is not None:
+                a.add_(g)
+
+    # --- validation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict:
+        self.model.eval()
+        k = int(self.s.selection.split("@")[1]) if self.s.selection.startswith("ndcg@") else 5
+        ndcg, losses = [], []
+        for i in range(0, len(self.valid), self.s.eval_batch_size):
+            chunk = self.valid.iloc[i:i + self.s.eval_batch_size]
+            batch = self._to_device(self.b.encoder.collate_eval(chunk))
+            self.method.before_forward(self.model, batch)
+            with autocast(self.device, self.s.precision):
+                scores = score_items(self.model, batch, self.b.item_ids, self.b.is_encoder_decoder).cpu()
+                rec, search = task_loss_sums(self.model, batch, self.b.item_ids, self.b.is_encoder_decoder,
+                                             self.s.loss_vocab)
+            losses.append((rec + search).item())
+            cands = [list(c) for c in chunk["candidates"]]
+            width = max(len(c) for c in cands)
+            idx = torch.tensor([c + [0] * (width - len(c)) for c in cands])
+            valid = torch.tensor([[j < len(c) for j in range(width)] for c in cands])
+            is_t = torch.tensor([[j < len(t) for j in range(width)] for t in chunk["targets"]])
+            ranks = target_ranks(scores.gather(1, idx), is_t, valid)
+            ndcg.extend(metrics_from_ranks(ranks, is_t, (k,))[f"ndcg@{k}"].tolist())
+        self.model.train()
+        by_task = pd.Series(ndcg).groupby(self.valid["task"].to_numpy()).mean()
+        return {f"val_ndcg@{k}": float(by_task.mean()), "val_loss": float(sum(losses) / len(self.valid)),
+                **{f"val_ndcg@{k}_{t}": float(v) for t, v in by_task.items()}}
+
+    def selection_value(self, val: dict) -> float:
+        if self.s.selection == "val_loss":
+            return -val["val_loss"]
+        if self.s.selection == "last":
+            return float(self.step)
+        return val[f"val_{self.s.selection}"]
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def save_last(self) -> None:
+        atomic_torch_save({"step": self.step, "model": trainable_state(self.model),
+                           "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                           "torch_rng": torch.get_rng_state(), "best": self.best,
+                           "settings": asdict(self.s)}, self.ckpt_dir / "last.pt")
+
+    def try_resume(self) -> bool:
+        path = self.ckpt_dir / "last.pt"
+        if not path.exists():
+            return False
+        ck = torch.load(path, map_location=self.device, weights_only=True)
+        if ck["settings"] != asdict(self.s):
+            raise TrainingError(f"{path} was written with other train settings; delete {self.ckpt_dir} to "
+                                "start over, or restore the settings it was made with")
+        load_trainable_state(self.model, ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["torch_rng"])
+        self.step, self.best = ck["step"], ck["best"]
+        log.info("resumed %s at step %d", self.run_dir, self.step)
+        return True
+
+    # --- main -----------------------------------------------------------------------------------
+    def run(self) -> dict:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self.try_resume()
+        log_path = self.run_dir / "train_log.jsonl"
+        kept = []
+        if resumed and log_path.exists():
+            kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] < self.step]
+        log_path.write_text("".join(line + "\n" for line in kept))
+        self.model.train()
+        t_start = time.time()
+        train_seconds, targets_seen = 0.0, 0
+        ckpt_every = self.s.checkpoint_every or self.s.eval_every
+        with open(log_path, "a") as logf, tqdm(total=self.s.max_steps, initial=self.step,
+                                               desc=f"train {self.method.name}", mininterval=5) as bar:
+            while self.step < self.s.max_steps:
+                t0 = time.time()
+                batches = self.micro_batches(self.step)
+                counts = [count_labels(b) for b in batches]
+                n_rec, n_search = sum(c[0] for c in counts), sum(c[1] for c in counts)
+                want_tasks = self.method.uses_task_gradients or (
+                    self.s.conflict_every and self.step % self.s.conflict_every == 0)
+                entry = {"step": self.step}
+                if want_tasks:
+                    tg = self.task_backward(batches, n_rec, n_search)
+                    loss_rec, loss_search = tg.loss_rec, tg.loss_search
+                    if n_rec and n_search:
+                        entry["cos_rec_search"] = task_cosine(tg)
+                else:
+                    tg = None
+                    loss_rec, loss_search = self.joint_backward(batches, n_rec, n_search)
+                if not (math.isfinite(loss_rec) and math.isfinite(loss_search)):
+                    raise TrainingError(
+                        f"non-finite loss at step {self.step} (rec {loss_rec}, search {loss_search}) for method "
+                        f"{self.method.name!r}: lower its learning rate or use train.precision: fp32. The last "
+                        f"good checkpoint (if any) is kept in {self.ckpt_dir}.")
+                if self.s.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(self.params, self.s.max_grad_norm)
+                extra = self.method.optimizer_step(self.optimizer, tg)
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                dt = time.time() - t0
+                train_seconds += dt
+                targets_seen += n_rec + n_search
+                entry.update(loss_rec=loss_rec if n_rec else None, loss_search=loss_search if n_search else None,
+                             n_rec=n_rec, n_search=n_search, lr=self.scheduler.get_last_lr()[0], seconds=dt,
+                             **extra)
+                self.step += 1
+                if self.step % self.s.eval_every == 0 or self.step == self.s.max_steps:
+                    val = self.validate()
+                    entry.update(val)
+                    value = self.selection_value(val)
+                    if self.best["metric"] is None or value > self.best["metric"]:
+                        self.best = {"metric": value, "step": self.step}
+                        atomic_torch_save(trainable_state(self.model), self.ckpt_dir / "best.pt")
+                logf.write(json.dumps(entry) + "\n")
+                logf.flush()
+                if self.step % ckpt_every == 0 or self.step == self.s.max_steps:
+                    self.save_last()
+                bar.update(1)
+                bar.set_postfix(rec=f"{loss_rec:.3f}", search=f"{loss_search:.3f}")
+        summary = {
+            "method": self.method.name, "steps": self.step, "resumed": resumed,
+            "wall_seconds": time.time() - t_start, "train_seconds": train_seconds,
+            "targets_seen_this_session": targets_seen,
+            "targets_per_second": targets_seen / train_seconds if train_seconds else None,
+            "seconds_per_step": train_seconds / max(1, targets_seen and self.step - (0 if not resumed else 0)),
+            "trainable_parameters": int(sum(p.numel() for p in self.params)),
+            "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
+            "peak_memory_bytes": peak_memory_bytes(self.device),
+            "best_step": self.best["step"], "selection": self.s.selection, "best_value": self.best["metric"],
+            "units": len(self.units), "format": self.s.format, "device": self.device,
+        }
+        return summary
+
+
+def task_cosine(tg: TaskGradients) -> float:
+    dot = sum(float((r.double() * s.double()).sum()) for r, s in zip(tg.rec, tg.search))
+    nr = math.sqrt(sum(float(r.double().pow(2).sum()) for r in tg.rec))
+    ns = math.sqrt(sum(float(s.double().pow(2).sum()) for s in tg.search))
+    return dot / (nr * ns) if nr > 0 and ns > 0 else 0.0
+
+
+def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
+    total = 0
+    for st in opt.state.values():
+        for v in st.values():
+            if torch.is_tensor(v):
+                total += v.numel() * v.element_size()
+    return total
+
+
+def peak_memory_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def train_llm(method: LLMMethod, ctx: RunContext) -> dict:
+    return Loop(method, ctx).run()
+
+
+class LLMScorer:
+    """Scores all items with a fine-tuned backbone (item-token logits at the first generated position)."""
+
+    def __init__(self, built: Built, method: LLMMethod, device: str, precision: str, batch_size: int):
+        self.b, self.method, self.device, self.precision, self.batch_size = built, method, device, precision, batch_size
+        self.b.model.eval()
+
+    @torch.no_grad()
+    def score(self, examples: pd.DataFrame) -> torch.Tensor:
+        out = []
+        for i in range(0, len(examples), self.batch_size):
+            batch = self.b.encoder.collate_eval(examples.iloc[i:i + self.batch_size])
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            self.method.before_forward(self.b.model, batch)
+            with autocast(self.device, self.precision):
+                out.append(score_items(self.b.model, batch, self.b.item_ids, self.b.is_encoder_decoder).cpu())
+        return torch.cat(out).float()
+
+
+def load_llm_scorer(method: LLMMethod, ctx: RunContext) -> LLMScorer:
+    settings = TrainSettings.from_dict(ctx.train)
+    built = build(method, ctx, settings)
+    best = Path(ctx.run_dir) / "checkpoint" / "best.pt"
+    if not best.exists():
+        raise TrainingError(f"no trained model at {best}; run the train step for this run first")
+    load_trainable_state(built.model, torch.load(best, map_location=resolve_device(ctx.device), weights_only=True))
+    return LLMScorer(built, method, resolve_device(ctx.device), settings.precision, settings.eval_batch_size)

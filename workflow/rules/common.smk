@@ -1,0 +1,47 @@
+# Configuration validation and the experiment grid, expanded in one place.
+import sys
+
+from snakemake.utils import validate as snakemake_validate
+
+from gemsbench.config import ConfigError, SCHEMA_PATH, Run, digest, run_spec, runs, validate
+
+snakemake_validate(config, str(SCHEMA_PATH), set_default=True)
+try:
+    validate(config)  # same schema, plus names of loaders, methods and backbones
+except ConfigError as e:
+    sys.exit(f"config error: {e}")
+
+RESULTS = config["results_dir"]
+RUNS = runs(config)
+RUN_DIR = RESULTS + "/runs/{dataset}/{backbone}/{run}/seed{seed}"
+SPLIT = config["evaluate"]["split"]
+
+
+def resolved_config_path():
+    """The validated config (defaults filled) that every step reads; rewritten only when it changes."""
+    import os
+    import yaml
+
+    path = os.path.join(RESULTS, "config.yaml")
+    text = yaml.safe_dump(config, sort_keys=True)
+    if not os.path.exists(path) or open(path).read() != text:
+        os.makedirs(RESULTS, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    return path
+
+
+CONFIG = resolved_config_path()
+
+
+def run_digest(wildcards):
+    return digest(run_spec(config, Run(wildcards.dataset, wildcards.backbone, wildcards.run, int(wildcards.seed))))
+
+
+wildcard_constraints:
+    seed=r"\d+",
+    dataset=r"[^/]+",
+    backbone=r"[^/]+",
+    run=r"[^/]+",

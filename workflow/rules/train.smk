@@ -1,0 +1,18 @@
+rule train:
+    input:
+        data=RESULTS + "/data/{dataset}/stats.json",
+        backbone=RESULTS + "/backbones/{backbone}.json",
+    output:
+        summary=RUN_DIR + "/summary.json",
+    params:
+        spec=run_digest,
+        data=lambda w, input: os.path.dirname(input.data),
+        run_dir=lambda w, output: os.path.dirname(output.summary),
+    log:
+        RESULTS + "/logs/train/{dataset}/{backbone}/{run}/seed{seed}.log",
+    resources:
+        gpu=0,
+    shell:
+        "OMP_NUM_THREADS={threads} python -m gemsbench.cli.train --config {CONFIG} --dataset {wildcards.dataset} "
+        "--backbone {wildcards.backbone} --run {wildcards.run} --seed {wildcards.seed} "
+        "--data {params.data} --run-dir {params.run_dir} > {log} 2>&1"
