@@ -1,0 +1,219 @@
+"""Null-space projection: keep weight updates out of the feature directions that carry general knowledge.
+
+Three steps, each usable alone:
+
+1. :func:`collect_second_moments` runs a general-domain corpus through the model and accumulates, per
+   targeted layer, the uncentred second moment K = E[f fᵀ] of its output features (``side="output"``, the
+   release) or its input features (``side="input"``, AlphaEdit style) over real tokens.
+2. :func:`null_space_projector` splits K's spectrum into a knowledge space (large eigenvalues) and a null
+   space (the rest) and returns P = U_null U_nullᵀ. The optimizer applies it as G <- P·G (output side, P is
+   out×out: the update's columns avoid the outputs' knowledge directions) or G <- G·P (input side, P is in×in:
+   ΔW·x ≈ 0 for inputs x in the knowledge span, so the layer's outputs on general text do not move).
+3. :func:`save_second_moments` / :func:`load_second_moments` / :func:`cached_second_moments` cache K on disk
+   under keys from :func:`second_moment_key`, so the corpus pass runs once per (backbone, corpus, size, side).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+FeatureSide = Literal["output", "input"]
+FEATURE_SIDES = ("output", "input")
+NULL_RULES = ("threshold", "energy")
+_MASK_KEYS = ("attention_mask", "decoder_attention_mask")
+
+
+def _check_side(side: str) -> None:
+    if side not in FEATURE_SIDES:
+        raise ValueError(f"side={side!r} is unknown; use 'output' (K over layer outputs, the release) "
+                         "or 'input' (K over layer inputs)")
+
+
+def _token_mask(masks: list[Tensor], leading_shape: torch.Size) -> Tensor | None:
+    """The batch mask whose [batch, length] shape matches the features', or None (then all positions count)."""
+    for mask in masks:
+        if mask.shape == leading_shape:
+            return mask.bool()
+    return None
+
+
+@torch.no_grad()
+def collect_second_moments(model: nn.Module, modules: Mapping[str, nn.Module],
+                           batches: Iterable[Mapping[str, Tensor] | Tensor], side: FeatureSide = "output",
+                           *, progress: bool = False) -> dict[str, Tensor]:
+    """Per module name, the float32 uncentred second moment of its output (or input) features.
+
+    A batch is a dict of model keyword arguments (moved to the model's device) or a tensor passed positionally.
+    Padding does not count: when the batch has an ``attention_mask`` (or ``decoder_attention_mask``) whose
+    shape equals the features' leading [batch, length] shape, only positions where it is non-zero are used;
+    features matching no mask count at every position. The model runs in eval mode and gets its mode back.
+    """
+    _check_side(side)
+    if not modules:
+        raise ValueError("modules is empty; pass the targeted layers (e.g. gems.find_target_modules(model))")
+    sums: dict[str, Tensor] = {}
+    counts = dict.fromkeys(modules, 0)
+    masks: list[Tensor] = []
+
+    def make_hook(name: str) -> Callable:
+        def hook(_module: nn.Module, inputs: tuple, output: Tensor | tuple) -> None:
+            feats = output if side == "output" else inputs[0]
+            if isinstance(feats, tuple):
+                feats = feats[0]
+            mask = _token_mask(masks, feats.shape[:-1])
+            rows = (feats[mask] if mask is not None else feats.reshape(-1, feats.shape[-1])).float()
+            moment = rows.T @ rows
+            sums[name] = sums[name] + moment if name in sums else moment
+            counts[name] += rows.shape[0]
+        return hook
+
+    device = next(model.parameters()).device
+    handles = [module.register_forward_hook(make_hook(name)) for name, module in modules.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(batches, desc=f"second moments ({side})", disable=not progress):
+            if isinstance(batch, Tensor):
+                masks = []
+                model(batch.to(device))
+            else:
+                batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+                masks = [batch[k] for k in _MASK_KEYS if isinstance(batch.get(k), Tensor)]
+                model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    silent = [name for name, n in counts.items() if n == 0]
+    if silent:
+        raise RuntimeError(f"modules {silent[:5]} saw no token during collection; make sure the batches run "
+                           "them (an encoder-decoder needs decoder inputs or labels for its decoder layers)")
+    return {name: sums[name] / counts[name] for name in modules}
+
+
+@dataclass(frozen=True)
+class NullSpaceInfo:
+    """What :func:`null_space_projector` decided for one layer (log it)."""
+
+    null_dim: int
+    total_dim: int
+    rule: str
+    cutoff: float  # eigenvalue boundary: tau for "threshold", smallest knowledge eigenvalue for "energy"
+    fallback_used: bool
+    eig_max: float
+    eig_median: float
+    eig_min: float
+
+    @property
+    def empty(self) -> bool:
+        return self.null_dim == 0
+
+    def summary(self) -> str:
+        note = " (FALLBACK: smallest directions)" if self.fallback_used else ""
+        return (f"null space {self.null_dim}/{self.total_dim} by {self.rule} (cutoff {self.cutoff:.3g}){note}; "
+                f"eigenvalues max {self.eig_max:.3g}, median {self.eig_median:.3g}, min {self.eig_min:.3g}")
+
+
+def null_space_projector(K: Tensor, rule: str = "threshold", tau: float = 2e-2, energy: float = 0.99,
+                         fallback_fraction: float | None = None) -> tuple[Tensor, NullSpaceInfo]:
+    """P = U_null U_nullᵀ (float32, d×d) for the second-moment matrix K, and what was decided.
+
+    ``threshold``: eigenvalues of K below ``tau`` span the null space (K is symmetric PSD, so its eigenvalues
+    are its singular values). ``energy``: the fewest top eigen-directions holding at least ``energy`` of the
+    eigenvalue sum form the knowledge space; the rest is null. An empty null space gives P = 0, which freezes
+    the layer, and is logged; only when ``fallback_fraction`` is given do the smallest
+    ceil(fallback_fraction·d) directions become the null space instead (the release used 0.05).
+    """
+    if K.dim() != 2 or K.shape[0] != K.shape[1]:
+        raise ValueError(f"K must be a square matrix, got shape {tuple(K.shape)}")
+    if rule not in NULL_RULES:
+        raise ValueError(f"rule={rule!r} is unknown; use one of {NULL_RULES}")
+    if rule == "energy" and not 0.0 < energy <= 1.0:
+        raise ValueError(f"energy={energy} must lie in (0, 1]")
+    if fallback_fraction is not None and not 0.0 < fallback_fraction <= 1.0:
+        raise ValueError(f"fallback_fraction={fallback_fraction} must lie in (0, 1] or be None")
+    K = K.detach().float()
+    eigvals, eigvecs = torch.linalg.eigh((K + K.T) / 2)  # ascending
+    eigvals = eigvals.clamp_min(0.0)
+    d = K.shape[0]
+    if rule == "threshold":
+        null_dim, cutoff = int((eigvals < tau).sum()), tau
+    else:
+        descending = eigvals.flip(0)
+        total = float(descending.sum())
+        if total == 0.0:
+            knowledge_dim = 0
+        else:
+            reached = (descending.cumsum(0) / total >= energy).nonzero()
+            knowledge_dim = int(reached[0]) + 1 if len(reached) else d
+        null_dim = d - knowledge_dim
+        cutoff = float(descending[knowledge_dim - 1]) if knowledge_dim else 0.0
+    fallback_used = False
+    if null_dim == 0 and fallback_fraction is not None:
+        null_dim, fallback_used = math.ceil(fallback_fraction * d), True
+    u_null = eigvecs[:, :null_dim]  # eigenvalues ascend, so the null directions come first
+    projector = u_null @ u_null.T
+    info = NullSpaceInfo(null_dim=null_dim, total_dim=d, rule=rule, cutoff=cutoff, fallback_used=fallback_used,
+                         eig_max=float(eigvals[-1]), eig_median=float(eigvals.median()),
+                         eig_min=float(eigvals[0]))
+    if fallback_used:
+        log.warning("NULL SPACE EMPTY under %s; FALLING BACK to the smallest %d of %d directions "
+                    "(fallback_fraction=%s). %s", rule, null_dim, d, fallback_fraction, info.summary())
+    elif info.empty:
+        log.warning("null space empty under %s: P = 0 freezes this layer; loosen tau/energy or pass "
+                    "fallback_fraction. %s", rule, info.summary())
+    return projector, info
+
+
+def second_moment_key(backbone: str, layer: str, corpus: str, n_samples: int, side: FeatureSide) -> str:
+    """Cache key of one layer's K; every field that changes K is in it."""
+    _check_side(side)
+    fields = (backbone, corpus, f"n={n_samples}", side, layer)
+    if any("::" in f for f in fields):
+        raise ValueError(f"cache key fields {fields} must not contain '::' (the key separator)")
+    return "::".join(fields)
+
+
+def save_second_moments(path: str | os.PathLike, moments: Mapping[str, Tensor]) -> None:
+    """Write ``moments`` (key -> K) to a safetensors file atomically: temp file, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in moments.items()}, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_second_moments(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a file written by :func:`save_second_moments` (key -> float32 K on the CPU)."""
+    return load_file(str(path))
+
+
+def cached_second_moments(path: str | os.PathLike, model: nn.Module, modules: Mapping[str, nn.Module],
+                          batches: Callable[[], Iterable], *, backbone: str, corpus: str, n_samples: int,
+                          side: FeatureSide = "output", progress: bool = False) -> dict[str, Tensor]:
+    """Per module name, K from the cache at ``path``; when any is missing, collect all of them from
+    ``batches()`` (called only then) and merge them into the cache file."""
+    keys = {name: second_moment_key(backbone, name, corpus, n_samples, side) for name in modules}
+    cached = load_second_moments(path) if Path(path).exists() else {}
+    if all(key in cached for key in keys.values()):
+        log.info("second moments of %d layers loaded from %s", len(keys), path)
+        return {name: cached[key] for name, key in keys.items()}
+    moments = collect_second_moments(model, modules, batches(), side, progress=progress)
+    save_second_moments(path, {**cached, **{keys[name]: K for name, K in moments.items()}})
+    log.info("second moments of %d layers collected and cached in %s", len(keys), path)
+    return moments

@@ -1,0 +1,395 @@
+"""MultiSubspaceAdamW: GEMS's optimizer (multi-subspace decomposition + optional null-space projection).
+
+For every targeted 2-D weight W and step:
+
+1. null-space projection (if a projector is attached) of the joint gradient ``p.grad`` and both task gradients;
+2. three low-rank subspaces, each with its own SVD basis and Adam moments: ``shared`` (rank ``rank``) fed the
+   joint gradient, ``rec`` and ``search`` (rank ``task_rank``) fed their task gradients. A basis refreshes at
+   the weight's first step and every ``update_gap`` steps. ``task_basis="complement"`` takes each task basis
+   from the part of the task gradient outside the shared subspace, so it is orthogonal to the shared basis;
+3. fusion ``update = U_shared + g_rec·U_rec + g_src·U_src`` where each U is the bias-corrected Adam direction
+   projected back and times ``scale``; with a null projector the fused update is projected once more, because
+   Adam's element-wise normalisation does not keep a gradient's null-space property (group key
+   ``null_project_update``; False = the release, which projects the gradients only);
+4. ``W <- W·(1 − lr·weight_decay) − lr·update`` (decoupled decay, as torch.optim.AdamW; the decay itself is not
+   null-projected).
+
+With ``multi_subspace=False`` only the shared subspace is used: plain GaLore (the gems_no_msd ablation).
+Non-targeted parameters get exactly torch.optim.AdamW's update on the joint gradient.
+
+Basis refresh rules. An all-zero or non-finite gradient at a refresh keeps the previous basis (counted in
+``skipped_refreshes``). A subspace that has no basis yet *defers*: it sits out the step (contributes nothing,
+no moments created) and retries at every later step until a usable gradient arrives; a task absent from a step
+(count 0 or gradient None) also sits out, and misses a refresh due then. A non-finite gradient never reaches the
+Adam moments: the subspace sits out that step (``nonfinite_skips``).
+
+On a refresh the moments follow ``moment_policy``: ``keep`` (the release / GaLore), ``reset`` (zero moments,
+restart bias correction) or ``reproject``: with C = B_oldᵀ·B_new, first moment M <- M·C (right side) or Cᵀ·M
+(left side); second moment V <- V·(C∘C) or (C∘C)ᵀ·V, the variance of the new coordinates if the old ones were
+uncorrelated (non-negative by construction, no clamping needed).
+
+State holds only tensors and plain Python values. Null projectors are not state (they are large and
+recomputable from the cached second moments): after ``load_state_dict`` reattach them with
+``set_null_projector``; a step on a weight whose saved state used one that is not reattached raises.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .gating import GateConfig, TaskSignals, compute_gates
+from .nullspace import FEATURE_SIDES
+from .projector import SVD_METHODS, Side, compute_basis, orthogonal_complement, project, project_back, \
+    projection_side
+
+MOMENT_POLICIES = ("keep", "reset", "reproject")
+TASK_BASES = ("raw", "complement")
+TASKS = ("rec", "search")
+
+
+@dataclass
+class _TaskStep:
+    """What ``set_task_gradients`` hands to the next ``step``."""
+
+    grads: dict[str, Mapping[Tensor, Tensor | None]]
+    gates: dict[str, float]
+
+
+@dataclass
+class _StepStats:
+    refreshes: int = 0
+    skipped_refreshes: int = 0
+    deferred: int = 0
+    nonfinite_skips: int = 0
+    svd_seconds: float = 0.0
+    cos_sums: dict[str, list[float]] = field(default_factory=dict)  # name -> [dot, |a|², |b|²]
+
+    def add_cosine(self, name: str, a: Tensor, b: Tensor) -> None:
+        sums = self.cos_sums.setdefault(name, [0.0, 0.0, 0.0])
+        sums[0] += float((a * b).sum())
+        sums[1] += float((a * a).sum())
+        sums[2] += float((b * b).sum())
+
+    def cosines(self) -> dict[str, float | None]:
+        return {f"cos_{name}": (dot / math.sqrt(na * nb) if na > 0 and nb > 0 else None)
+                for name, (dot, na, nb) in self.cos_sums.items()}
+
+
+def _adam_direction(sub: dict, grad: Tensor, beta1: float, beta2: float, eps: float) -> Tensor:
+    """Advance the moments in ``sub`` with ``grad``; return the bias-corrected Adam direction m̂/(√v̂ + eps)."""
+    sub["step"] += 1
+    sub["exp_avg"].lerp_(grad, 1 - beta1)
+    sub["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = (sub["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2 ** sub["step"])).add_(eps)
+    return sub["exp_avg"] / denom / (1 - beta1 ** sub["step"])
+
+
+def _global_norm(tensors: Iterable[Tensor | None]) -> float:
+    """L2 norm over all given tensors, with a single device-to-host transfer."""
+    norms = [torch.linalg.vector_norm(t.detach().float()) for t in tensors if t is not None]
+    if not norms:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms])))
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """Copy every tensor in a nested state value to ``device``, keeping its dtype."""
+    if isinstance(value, Tensor):
+        return value.to(device=device, copy=True)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def _check_group(group: dict) -> None:
+    """Reject a targeted group whose options cannot work, naming the value and the fix."""
+    if not group["targeted"]:
+        return
+    checks = {"rank": group["rank"] >= 1, "update_gap": group["update_gap"] >= 1,
+              "task_rank": group["task_rank"] is None or group["task_rank"] >= 1,
+              "svd": group["svd"] in SVD_METHODS, "moment_policy": group["moment_policy"] in MOMENT_POLICIES,
+              "task_basis": group["task_basis"] in TASK_BASES, "svd_oversample": group["svd_oversample"] >= 0}
+    for key, ok in checks.items():
+        if not ok:
+            raise ValueError(f"targeted group has invalid {key}={group[key]!r}; see MultiSubspaceAdamW: "
+                             f"svd in {SVD_METHODS}, moment_policy in {MOMENT_POLICIES}, task_basis in "
+                             f"{TASK_BASES}, ranks/update_gap >= 1, svd_oversample >= 0")
+    for p in group["params"]:
+        projection_side(p.shape)  # raises for a non-2-D weight
+        if group["task_basis"] == "complement" and group["multi_subspace"] and group["rank"] >= min(p.shape):
+            raise ValueError(f"task_basis='complement' needs rank < min(m, n), but rank={group['rank']} "
+                             f"fills the whole {tuple(p.shape)} weight, leaving no complement; lower the "
+                             "rank or use task_basis='raw'")
+
+
+class MultiSubspaceAdamW(Optimizer):
+    """AdamW whose targeted 2-D weights are updated in shared + search + rec low-rank subspaces (see module doc).
+
+    Group keys (constructor values are the defaults): ``targeted`` (False = plain AdamW), ``rank``,
+    ``task_rank`` (None = rank // 2), ``update_gap``, ``scale``, ``svd`` ("exact" | "randomized"),
+    ``svd_oversample``, ``moment_policy``, ``task_basis``, ``multi_subspace``, ``null_project_update``.
+
+    ``last_stats`` after each step: ``gate_rec``/``gate_search`` (None without task gradients); this step's
+    ``refreshes``, ``skipped_refreshes``, ``deferred``, ``nonfinite_skips``, ``svd_seconds``; running
+    ``refreshes_total``, ``skipped_refreshes_total``, ``svd_seconds_total`` (since construction, not saved);
+    with ``record_projected_cosines`` the whole-model cosines between the search and rec gradients over the
+    targeted weights: ``cos_full`` (after null projection), ``cos_shared`` (inside the shared subspace),
+    ``cos_task`` (each task's component in its own subspace), None where undefined.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, rank: int = 128, task_rank: int | None = None,
+                 update_gap: int = 200, scale: float = 1.0, svd: str = "exact", svd_oversample: int = 8,
+                 moment_policy: str = "keep", task_basis: str = "raw", multi_subspace: bool = True,
+                 null_project_update: bool = True, gating: GateConfig | None = None,
+                 record_projected_cosines: bool = False):
+        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"invalid AdamW hyper-parameters lr={lr}, betas={betas}, eps={eps}, "
+                             f"weight_decay={weight_decay}: need lr, eps, weight_decay >= 0 and betas in [0, 1)")
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, targeted=False, rank=rank,
+                        task_rank=task_rank, update_gap=update_gap, scale=scale, svd=svd,
+                        svd_oversample=svd_oversample, moment_policy=moment_policy, task_basis=task_basis,
+                        multi_subspace=multi_subspace, null_project_update=null_project_update)
+        super().__init__(params, defaults)
+        self.gating = gating or GateConfig()
+        self.record_projected_cosines = record_projected_cosines
+        self.last_stats: dict[str, Any] = {}
+        self._null: dict[Tensor, tuple[Tensor, str]] = {}
+        self._task_step: _TaskStep | None = None
+        self._totals = {"refreshes": 0, "skipped_refreshes": 0, "svd_seconds": 0.0}
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        try:
+            _check_group(self.param_groups[-1])
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    def _targeted_params(self) -> dict[Tensor, dict]:
+        return {p: g for g in self.param_groups if g["targeted"] for p in g["params"]}
+
+    def set_null_projector(self, param: Tensor, projector: Tensor | None, side: str = "output") -> None:
+        """Attach P to a targeted weight: G <- P·G (``output``, P is out×out) or G <- G·P (``input``, in×in).
+        ``None`` detaches it. Not saved in ``state_dict``; reattach after loading."""
+        if param not in self._targeted_params():
+            raise ValueError(f"parameter of shape {tuple(param.shape)} is not in a targeted group of this "
+                             "optimizer; null projectors apply to targeted weights only")
+        if projector is None:
+            self._null.pop(param, None)
+            self.state[param].pop("null_side", None)
+            return
+        if side not in FEATURE_SIDES:
+            raise ValueError(f"side={side!r} is unknown; use one of {FEATURE_SIDES}")
+        dim = param.shape[0] if side == "output" else param.shape[1]
+        if tuple(projector.shape) != (dim, dim):
+            raise ValueError(f"{side}-side projector for a {tuple(param.shape)} weight must be {dim}×{dim}, got "
+                             f"{tuple(projector.shape)}; build it from K over the layer's {side} features")
+        self._null[param] = (projector.detach().to(device=param.device, dtype=torch.float32), side)
+
+    def set_task_gradients(self, rec: Mapping[Tensor, Tensor | None], search: Mapping[Tensor, Tensor | None],
+                           n_rec: int, n_search: int, loss_rec: float, loss_search: float) -> None:
+        """Give the next ``step`` the per-task gradients (of each task's token-mean loss), keyed by parameter.
+
+        A task with count 0 is absent: its gradients are ignored and its gate is 0. The gradient-norm share of
+        the heuristic gate uses the global L2 norm over every tensor passed here.
+        """
+        if n_rec < 0 or n_search < 0:
+            raise ValueError(f"task counts must be >= 0, got n_rec={n_rec}, n_search={n_search}")
+        known = {p for g in self.param_groups for p in g["params"]}
+        grads, norms = {}, {}
+        for task, given, count in (("rec", rec, n_rec), ("search", search, n_search)):
+            for p, g in given.items():
+                if p not in known:
+                    raise ValueError(f"{task} gradient given for a parameter of shape {tuple(p.shape)} that is "
+                                     "not in this optimizer; key the dicts by the optimizer's parameters")
+                if g is not None and g.shape != p.shape:
+                    raise ValueError(f"{task} gradient of shape {tuple(g.shape)} for a parameter of shape "
+                                     f"{tuple(p.shape)}")
+            grads[task] = given if count > 0 else {}
+            norms[task] = _global_norm(grads[task].values())
+        signals = TaskSignals(n_rec, n_search, float(loss_rec), float(loss_search), norms["rec"], norms["search"])
+        g_rec, g_search = compute_gates(self.gating, signals)
+        self._task_step = _TaskStep(grads=grads, gates={"rec": g_rec, "search": g_search})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        task_step, self._task_step = self._task_step, None
+        if task_step is None and any(g["targeted"] and g["multi_subspace"] for g in self.param_groups):
+            raise RuntimeError("multi-subspace step without task gradients: call optimizer.set_task_gradients("
+                               "rec, search, n_rec, n_search, loss_rec, loss_search) before every step(), or "
+                               "set multi_subspace=False for single-subspace GaLore")
+        stats = _StepStats()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("MultiSubspaceAdamW does not support sparse gradients")
+                if group["targeted"]:
+                    self._step_targeted(p, group, task_step, stats)
+                else:
+                    self._step_dense(p, group)
+        for key in self._totals:
+            self._totals[key] += getattr(stats, key)
+        self.last_stats = {
+            "gate_rec": task_step.gates["rec"] if task_step else None,
+            "gate_search": task_step.gates["search"] if task_step else None,
+            "refreshes": stats.refreshes, "skipped_refreshes": stats.skipped_refreshes,
+            "deferred": stats.deferred, "nonfinite_skips": stats.nonfinite_skips,
+            "svd_seconds": stats.svd_seconds,
+            **{f"{key}_total": value for key, value in self._totals.items()},
+            **(stats.cosines() if self.record_projected_cosines else {}),
+        }
+        return loss
+
+    def _step_dense(self, p: Tensor, group: dict) -> None:
+        """torch.optim.AdamW's update, operation for operation."""
+        state = self.state[p]
+        if not state:
+            state.update(step=0, exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
+                         exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format))
+        beta1, beta2 = group["betas"]
+        state["step"] += 1
+        p.mul_(1 - group["lr"] * group["weight_decay"])
+        state["exp_avg"].lerp_(p.grad, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+        denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2 ** state["step"])).add_(group["eps"])
+        p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1 ** state["step"]))
+
+    def _null_project(self, p: Tensor, grad: Tensor) -> Tensor:
+        attached = self._null.get(p)
+        recorded = self.state[p].get("null_side")
+        if attached is None:
+            if recorded is not None:
+                raise RuntimeError(f"the state of the {tuple(p.shape)} weight was trained with a {recorded}-side "
+                                   "null projector that is not attached; reattach it with set_null_projector "
+                                   "(after load_state_dict) or detach it explicitly with projector=None")
+            return grad
+        projector, side = attached
+        if recorded is not None and recorded != side:
+            raise RuntimeError(f"the {tuple(p.shape)} weight was trained with a {recorded}-side null projector "
+                               f"but a {side}-side one is attached; attach the {recorded}-side projector")
+        self.state[p]["null_side"] = side
+        return projector @ grad if side == "output" else grad @ projector
+
+    def _step_targeted(self, p: Tensor, group: dict, task_step: _TaskStep | None, stats: _StepStats) -> None:
+        state = self.state[p]
+        state.setdefault("step", 0)
+        side = projection_side(p.shape)
+        refresh_due = state["step"] % group["update_gap"] == 0
+        joint = self._null_project(p, p.grad.float())
+        update = self._subspace_update(p, "shared", joint, group["rank"], None, group, side, refresh_due, stats)
+        task_grads: dict[str, Tensor] = {}
+        if task_step is not None and (group["multi_subspace"] or self.record_projected_cosines):
+            for task in TASKS:
+                grad = task_step.grads[task].get(p)
+                if grad is not None:
+                    task_grads[task] = self._null_project(p, grad.float())
+        shared_basis = state["shared"]["basis"] if "shared" in state else None
+        if group["multi_subspace"]:
+            exclude = shared_basis if group["task_basis"] == "complement" else None
+            task_rank = group["task_rank"] or max(1, group["rank"] // 2)
+            for task, grad in task_grads.items():
+                part = self._subspace_update(p, task, grad, task_rank, exclude, group, side, refresh_due, stats)
+                if part is not None:
+                    part.mul_(task_step.gates[task])
+                    update = part if update is None else update.add_(part)
+        if self.record_projected_cosines and len(task_grads) == 2:
+            self._record_cosines(state, task_grads, shared_basis, side, stats)
+        state["step"] += 1
+        p.mul_(1 - group["lr"] * group["weight_decay"])
+        if update is None:
+            return
+        if group["null_project_update"] and p in self._null:
+            update = self._null_project(p, update)
+        p.add_(update.to(p.dtype), alpha=-group["lr"])
+
+    def _subspace_update(self, p: Tensor, name: str, grad: Tensor, rank: int, exclude: Tensor | None,
+                         group: dict, side: Side, refresh_due: bool, stats: _StepStats) -> Tensor | None:
+        """scale × back-projected Adam direction of one subspace, or None when the subspace sits out."""
+        state = self.state[p]
+        sub = state.get(name)
+        if refresh_due or sub is None:
+            basis = self._compute_basis(grad, rank, exclude, group, side, state["step"], stats)
+            if basis is None:
+                stats.skipped_refreshes += 1
+            else:
+                stats.refreshes += 1
+                sub = state[name] = self._install_basis(sub, basis, p.shape, side, group["moment_policy"])
+        if sub is None:
+            stats.deferred += 1
+            return None
+        if not bool(torch.isfinite(grad).all()):
+            stats.nonfinite_skips += 1
+            return None
+        beta1, beta2 = group["betas"]
+        direction = _adam_direction(sub, project(grad, sub["basis"], side), beta1, beta2, group["eps"])
+        return project_back(direction, sub["basis"], side).mul_(group["scale"])
+
+    def _compute_basis(self, grad: Tensor, rank: int, exclude: Tensor | None, group: dict, side: Side,
+                       seed: int, stats: _StepStats) -> Tensor | None:
+        """A new basis for ``grad``; with ``exclude``, one inside the orthogonal complement of that basis."""
+        start = time.perf_counter()
+        options = dict(svd=group["svd"], oversample=group["svd_oversample"], seed=seed)
+        if exclude is None:
+            basis = compute_basis(grad, rank, side, **options)
+        else:
+            complement = orthogonal_complement(exclude)
+            inner = compute_basis(project(grad, complement, side), rank, side, **options)
+            basis = None if inner is None else complement @ inner
+        if grad.is_cuda:
+            torch.cuda.synchronize(grad.device)
+        stats.svd_seconds += time.perf_counter() - start
+        return basis
+
+    @staticmethod
+    def _install_basis(sub: dict | None, basis: Tensor, shape: torch.Size, side: Side, policy: str) -> dict:
+        """A subspace's state with ``basis``, its moments carried over by ``policy``."""
+        low_shape = (shape[0], basis.shape[1]) if side == "right" else (basis.shape[1], shape[1])
+        if sub is None or policy == "reset":
+            return {"basis": basis, "step": 0, "exp_avg": basis.new_zeros(low_shape),
+                    "exp_avg_sq": basis.new_zeros(low_shape)}
+        if policy == "reproject":
+            change = sub["basis"].T @ basis
+            if side == "right":
+                sub.update(exp_avg=sub["exp_avg"] @ change, exp_avg_sq=sub["exp_avg_sq"] @ change.square())
+            else:
+                sub.update(exp_avg=change.T @ sub["exp_avg"], exp_avg_sq=change.square().T @ sub["exp_avg_sq"])
+        sub["basis"] = basis
+        return sub
+
+    def _record_cosines(self, state: dict, task_grads: dict[str, Tensor], shared_basis: Tensor | None,
+                        side: Side, stats: _StepStats) -> None:
+        """Cosines between the search and rec gradients: full, inside the shared subspace, and between their
+        components in their own task subspaces (summed over targeted weights into whole-model cosines)."""
+        rec, search = task_grads["rec"], task_grads["search"]
+        stats.add_cosine("full", rec, search)
+        if shared_basis is not None:
+            stats.add_cosine("shared", project(rec, shared_basis, side), project(search, shared_basis, side))
+        if "rec" in state and "search" in state:
+            in_own = {t: project_back(project(g, state[t]["basis"], side), state[t]["basis"], side)
+                      for t, g in task_grads.items()}
+            stats.add_cosine("task", in_own["rec"], in_own["search"])
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load hyper-parameters through torch, then each state entry ourselves: tensors keep their saved dtype
+        (torch would cast float32 bases and moments to a bf16 parameter's dtype) and move to the parameter's
+        device as copies, so the loaded optimizer never shares tensors with ``state_dict``."""
+        super().load_state_dict({**state_dict, "state": {}})
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params):
+            if saved_id in state_dict["state"]:
+                self.state[p] = _to_device(state_dict["state"][saved_id], p.device)
