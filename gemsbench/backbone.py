@@ -89,13 +89,14 @@ def cache_smollm2(cache_dir: Path) -> Path:
 
 def char_tokenizer() -> PreTrainedTokenizerFast:
     """A character-level tokenizer over printable ASCII (plus unk/pad/eos), built without any download."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     specials = ["<unk>", "<pad>", "</s>"]
     chars = [c for c in string.printable if c not in "\t\n\r\x0b\x0c"]
     vocab = {tok: i for i, tok in enumerate(specials + chars)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    core.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>",
                                    eos_token="</s>")
 

@@ -9,6 +9,7 @@ rule evaluate:
         data=lambda w, input: os.path.dirname(input.data),
         run_dir=lambda w, input: os.path.dirname(input.trained),
         spec=lambda w: digest(config["evaluate"]),
+    threads: 2  # lowered to --cores when fewer; profiles may raise it
     log:
         RESULTS + "/logs/evaluate/{dataset}/{backbone}/{run}/seed{seed}.log",
     shell:

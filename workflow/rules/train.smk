@@ -8,6 +8,7 @@ rule train:
         spec=run_digest,
         data=lambda w, input: os.path.dirname(input.data),
         run_dir=lambda w, output: os.path.dirname(output.summary),
+    threads: 2  # lowered to --cores when fewer; profiles may raise it
     log:
         RESULTS + "/logs/train/{dataset}/{backbone}/{run}/seed{seed}.log",
     resources:

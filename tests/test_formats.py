@@ -1,0 +1,85 @@
+"""Prompt and timeline encodings: where targets sit, which history each task sees, task separability."""
+import pytest
+import torch
+
+from gemsbench.backbone import add_item_tokens, load_backbone
+from gemsbench.formats import Encoder, FormatConfig, count_labels, subset_batch
+
+
+@pytest.fixture(scope="module")
+def llama(synthetic_dataset):
+    bb = load_backbone({"source": "tiny_llama"})
+    add_item_tokens(bb, synthetic_dataset.items["title"].tolist())
+    return bb
+
+
+def test_prompt_rec_history_keeps_only_rec_events(llama, synthetic_dataset):
+    enc = Encoder(llama.tokenizer, llama.item_token_ids, False, FormatConfig(name="prompt"))
+    ids, _ = enc.prompt_sequence("rec", "", [3, 4, 5], ["rec", "search", "rec"])
+    items_in = [i for i in ids if i in llama.item_token_ids]
+    assert items_in == [llama.item_token_ids[3], llama.item_token_ids[5]]
+    ids, _ = enc.prompt_sequence("search", "red blue", [3, 4, 5], ["rec", "search", "rec"])
+    assert [i for i in ids if i in llama.item_token_ids] == [llama.item_token_ids[j] for j in (3, 4, 5)]
+    text = llama.tokenizer.decode([i for i in ids if i not in llama.item_token_ids])
+    assert "search query is: red blue" in text
+
+
+def test_prompt_training_label_is_last_prompt_position(llama, synthetic_dataset):
+    enc = Encoder(llama.tokenizer, llama.item_token_ids, False, FormatConfig(name="prompt"))
+    units = enc.training_units(synthetic_dataset.splits["train"], synthetic_dataset.events)
+    batch = enc.collate_train(units[:5])
+    lengths = batch["attention_mask"].sum(1)
+    assert torch.equal(batch["label_pos"][:, 1], lengths - 1)
+    assert torch.equal(batch["label_item"], torch.tensor([u.targets[0] for u in units[:5]]))
+
+
+def test_timeline_labels_sit_before_each_item_token(llama, synthetic_dataset):
+    enc = Encoder(llama.tokenizer, llama.item_token_ids, False, FormatConfig(name="timeline", max_history=6))
+    units = enc.training_units(synthetic_dataset.splits["train"], synthetic_dataset.events)
+    batch = enc.collate_train(units[:3])
+    for (b, p), item, task in zip(batch["label_pos"].tolist(), batch["label_item"].tolist(),
+                                  batch["label_task"].tolist()):
+        assert batch["input_ids"][b, p + 1] == llama.item_token_ids[item]  # next token is the target item
+        assert batch["token_task"][b, p + 1] == task
+    # every training event except the first of each user is a target exactly once
+    train = synthetic_dataset.events[synthetic_dataset.events["split"] == "train"]
+    expected = len(train) - train["user"].nunique()
+    assert sum(enc.unit_targets(u) for u in units) == expected
+
+
+def test_timeline_search_query_precedes_its_item(llama, synthetic_dataset):
+    enc = Encoder(llama.tokenizer, llama.item_token_ids, False, FormatConfig(name="timeline"))
+    ids, tt, labels = enc.timeline_sequence([1, 2], ["rec", "search"], ["", "big old"], n_targets=1)
+    (pos, item, task), = labels
+    assert item == 2 and task == 1
+    assert llama.tokenizer.decode(ids[:pos + 1]).endswith("big old:")
+
+
+def test_eval_batch_predicts_first_target_at_last_context_position(llama, synthetic_dataset):
+    test = synthetic_dataset.splits["test"].iloc[:4]
+    for name in ("prompt", "timeline"):
+        enc = Encoder(llama.tokenizer, llama.item_token_ids, False, FormatConfig(name=name))
+        batch = enc.collate_eval(test)
+        lengths = batch["attention_mask"].sum(1)
+        assert torch.equal(batch["label_pos"][:, 1], lengths - 1)
+        # the target item never appears in its own input
+        for row, targets in zip(batch["input_ids"], test["targets"]):
+            assert llama.item_token_ids[targets[0]] not in row[: int(lengths.max())].tolist() or \
+                targets[0] in sum(test["history"].tolist(), [])
+
+
+def test_subset_batch_keeps_one_task(llama, synthetic_dataset):
+    enc = Encoder(llama.tokenizer, llama.item_token_ids, False, FormatConfig(name="prompt"))
+    units = enc.training_units(synthetic_dataset.splits["train"], synthetic_dataset.events)[:10]
+    batch = enc.collate_train(units)
+    n_rec, n_search = count_labels(batch)
+    rec, search = subset_batch(batch, 0), subset_batch(batch, 1)
+    assert count_labels(rec) == (n_rec, 0) and count_labels(search) == (0, n_search)
+    assert len(rec["input_ids"]) + len(search["input_ids"]) == len(units)
+
+
+def test_timeline_rejects_encoder_decoder(synthetic_dataset):
+    bb = load_backbone({"source": "tiny_t5"})
+    add_item_tokens(bb, synthetic_dataset.items["title"].tolist())
+    with pytest.raises(ValueError, match="decoder-only"):
+        Encoder(bb.tokenizer, bb.item_token_ids, True, FormatConfig(name="timeline"))

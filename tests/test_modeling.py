@@ -1,0 +1,63 @@
+"""Ranking by first-position item-token logits equals the release's constrained beam search."""
+import pytest
+import torch
+
+from gemsbench.backbone import add_item_tokens, load_backbone
+from gemsbench.formats import Encoder, FormatConfig
+from gemsbench.modeling import score_items, task_loss_sums
+
+
+def beam_ranking(bb, input_ids, candidate_tokens):
+    """Constrained beam search over the candidate items (one atomic token each), best first."""
+    kwargs = dict(max_new_tokens=1, num_beams=len(candidate_tokens), num_return_sequences=len(candidate_tokens),
+                  do_sample=False, prefix_allowed_tokens_fn=lambda b, ids: candidate_tokens,
+                  pad_token_id=bb.tokenizer.pad_token_id, eos_token_id=None, early_stopping=True)
+    if bb.is_encoder_decoder:
+        kwargs["decoder_start_token_id"] = bb.model.config.decoder_start_token_id
+    out = bb.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+    return out[:, -1].tolist()
+
+
+@pytest.mark.parametrize("source", ["tiny_llama", "tiny_t5"])
+def test_first_position_ranking_equals_constrained_beam_search(source, synthetic_dataset):
+    bb = load_backbone({"source": source, "seed": 3})
+    add_item_tokens(bb, synthetic_dataset.items["title"].tolist(), init="random", seed=3)
+    bb.model.eval()
+    enc = Encoder(bb.tokenizer, bb.item_token_ids, bb.is_encoder_decoder, FormatConfig(name="prompt"),
+                  bb.model.config.decoder_start_token_id if bb.is_encoder_decoder else None)
+    item_ids = torch.tensor(bb.item_token_ids)
+    for _, row in synthetic_dataset.splits["test"].iloc[:3].iterrows():
+        batch = enc.collate_eval(row.to_frame().T)
+        scores = score_items(bb.model, batch, item_ids, bb.is_encoder_decoder)[0]
+        cands = list(row["candidates"])[:8]
+        by_logit = [bb.item_token_ids[c] for c in sorted(cands, key=lambda c: -float(scores[c]))]
+        assert beam_ranking(bb, batch["input_ids"], [bb.item_token_ids[c] for c in cands]) == by_logit
+
+
+def test_item_logits_equal_full_vocabulary_logits_of_the_model(synthetic_dataset):
+    bb = load_backbone({"source": "tiny_llama"})
+    add_item_tokens(bb, synthetic_dataset.items["title"].tolist())
+    enc = Encoder(bb.tokenizer, bb.item_token_ids, False, FormatConfig(name="prompt"))
+    batch = enc.collate_eval(synthetic_dataset.splits["test"].iloc[:4])
+    ids = torch.tensor(bb.item_token_ids)
+    with torch.no_grad():
+        scores = score_items(bb.model, batch, ids, False)
+        logits = bb.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    pos = batch["label_pos"]
+    torch.testing.assert_close(scores, logits[pos[:, 0], pos[:, 1]][:, ids])
+
+
+def test_task_losses_split_by_label_task(synthetic_dataset):
+    bb = load_backbone({"source": "tiny_llama"})
+    add_item_tokens(bb, synthetic_dataset.items["title"].tolist())
+    enc = Encoder(bb.tokenizer, bb.item_token_ids, False, FormatConfig(name="timeline"))
+    units = enc.training_units(synthetic_dataset.splits["train"], synthetic_dataset.events)
+    batch = enc.collate_train(units[:4])
+    ids = torch.tensor(bb.item_token_ids)
+    rec, search = task_loss_sums(bb.model, batch, ids, False, "full")
+    with torch.no_grad():
+        logits = bb.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    pos = batch["label_pos"]
+    ce = torch.nn.functional.cross_entropy(logits[pos[:, 0], pos[:, 1]], ids[batch["label_item"]], reduction="none")
+    torch.testing.assert_close(rec.detach(), ce[batch["label_task"] == 0].sum())
+    torch.testing.assert_close(search.detach(), ce[batch["label_task"] == 1].sum())
