@@ -23,7 +23,7 @@ from .format import DataFormatError, write_prepared
 from .registry import register_dataset
 
 DEFAULTS = {"search_share": 0.35, "seed": 42, "max_history": 20, "min_history": 1, "num_negatives": 99,
-            "min_events_per_task": 3, "min_rating": 0}
+            "min_events_per_task": 3, "min_rating": 0, "max_users": 0}
 
 
 def movielens_dir() -> Path:
@@ -90,6 +90,10 @@ def prepare_movielens(params: dict, out_dir: Path) -> None:
     })
     events["query"] = [query_of[i] if t == "search" else "" for i, t in zip(events["item"], events["task"])]
     events = filter_min_events_per_task(events, p["min_events_per_task"])
+    if p["max_users"]:  # a seeded subsample of users, for quick runs and tests
+        users = np.sort(events["user"].unique())
+        keep = np.random.default_rng(p["seed"]).choice(users, size=min(p["max_users"], len(users)), replace=False)
+        events = events[events["user"].isin(keep)]
     events, items = densify(events, items)
     events, splits, stats = finish(items, events, max_history=p["max_history"], min_history=p["min_history"],
                                    n_negatives=p["num_negatives"], seed=p["seed"])
