@@ -180,6 +180,7 @@ class Loop:
         self.ckpt_dir = self.run_dir / "checkpoint"
         self.step = 0
         self.best = {"metric": None, "step": -1}
+        self._orders: dict[int, np.ndarray] = {}  # epoch -> unit order (a function of seed and epoch)
 
     # --- data ---------------------------------------------------------------------------------
     def step_units(self, step: int) -> list:
@@ -188,10 +189,9 @@ class Loop:
         out = []
         for g in range(step * per_step, (step + 1) * per_step):
             epoch, pos = divmod(g, n)
-            if pos == 0 or not out or epoch != getattr(self, "_order_epoch", None):
-                self._order = shuffled_order(n, self.ctx.seed, epoch)
-                self._order_epoch = epoch
-            out.append(self.units[self._order[pos]])
+            if epoch not in self._orders:
+                self._orders = {epoch: shuffled_order(n, self.ctx.seed, epoch)}
+            out.append(self.units[self._orders[epoch][pos]])
         return out
 
     def micro_batches(self, step: int) -> list[dict]:
@@ -313,6 +313,7 @@ class Loop:
     def run(self) -> dict:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.try_resume()
+        first_step = self.step
         log_path = self.run_dir / "train_log.jsonl"
         kept = []
         if resumed and log_path.exists():
@@ -375,7 +376,7 @@ class Loop:
             "wall_seconds": time.time() - t_start, "train_seconds": train_seconds,
             "targets_seen_this_session": targets_seen,
             "targets_per_second": targets_seen / train_seconds if train_seconds else None,
-            "seconds_per_step": train_seconds / max(1, targets_seen and self.step - (0 if not resumed else 0)),
+            "seconds_per_step": train_seconds / max(1, self.step - first_step),
             "trainable_parameters": int(sum(p.numel() for p in self.params)),
             "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
             "peak_memory_bytes": peak_memory_bytes(self.device),
