@@ -14,13 +14,14 @@ from .format import SPLITS, TASKS, DataFormatError
 _SPLIT_RANK = {"train": 0, "valid": 1, "test": 2}
 
 
-def filter_min_events_per_task(events: pd.DataFrame, min_per_task: int) -> pd.DataFrame:
-    """Keep users with at least ``min_per_task`` events of each task (leave-one-out needs 3: train, valid, test)."""
+def filter_min_events_per_task(events: pd.DataFrame, min_per_task: int, tasks=TASKS) -> pd.DataFrame:
+    """Keep users with at least ``min_per_task`` events of each of ``tasks`` (leave-one-out needs 3: train,
+    valid, test); a dataset with one task only (e.g. all-search Amazon) passes that task alone."""
     counts = events.groupby(["user", "task"]).size().unstack(fill_value=0)
-    for task in TASKS:
+    for task in tasks:
         if task not in counts.columns:
             counts[task] = 0
-    keep = counts.index[(counts[list(TASKS)] >= min_per_task).all(axis=1)]
+    keep = counts.index[(counts[list(tasks)] >= min_per_task).all(axis=1)]
     return events[events["user"].isin(keep)]
 
 
@@ -130,7 +131,16 @@ def finish(items: pd.DataFrame, events: pd.DataFrame, *, max_history: int, min_h
     events = events.sort_values(["user", "ts"], kind="stable").reset_index(drop=True)
     events = assign_loo_splits(events)
     splits = build_examples(events, max_history=max_history, min_history=min_history)
-    user_items = events.groupby("user")["item"].agg(set).to_dict()
-    for offset, split in enumerate(("valid", "test"), start=1):
-        splits[split] = sample_negatives(splits[split], len(items), user_items, n_negatives, seed + offset)
+    splits = add_candidates(splits, events, len(items), n_negatives, seed)
     return events, splits, compute_stats(items, events, splits)
+
+
+def add_candidates(splits: dict[str, pd.DataFrame], events: pd.DataFrame, n_items: int, n_negatives: int,
+                   seed: int) -> dict[str, pd.DataFrame]:
+    """Stored candidates for the valid and test examples (seeds ``seed + 1`` and ``seed + 2``), excluding every
+    item of the user's events; for loaders that build their own examples (multi-target, release rules)."""
+    user_items = events.groupby("user")["item"].agg(set).to_dict()
+    splits = dict(splits)
+    for offset, split in enumerate(("valid", "test"), start=1):
+        splits[split] = sample_negatives(splits[split], n_items, user_items, n_negatives, seed + offset)
+    return splits

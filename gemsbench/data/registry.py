@@ -24,6 +24,8 @@ def register_dataset(name: str):
 def _load_builtin() -> None:
     # Importing the modules registers their loaders.
     from . import movielens  # noqa: F401
+    from . import qilin  # noqa: F401
+    from . import amazon  # noqa: F401
 
 
 def get_preparer(loader: str) -> Preparer:
