@@ -8,7 +8,7 @@
 
 Both produce a batch dict for :mod:`gemsbench.modeling`:
 ``input_ids``/``attention_mask`` [B,T] (right padded), ``token_task`` [B,T] (0 rec, 1 search: the task of the
-event a token belongs to), ``example_task`` [B] (-1 for a window mixing tasks), ``label_pos`` [N,2] (row and
+event a token belongs to; at a labelled position, the task of the target it predicts), ``example_task`` [B] (-1 for a window mixing tasks), ``label_pos`` [N,2] (row and
 position whose hidden state predicts a target item), ``label_item`` [N], ``label_task`` [N]; encoder-decoder
 batches add ``decoder_input_ids`` [B,1] (labels are then read at decoder position 0). Evaluation batches put
 one label per row at the first generated position. Each task's loss stays separable via ``label_task``.
@@ -112,6 +112,9 @@ class Encoder:
             token_task.extend([TASK_ID[task]] * len(lead))
             if j >= first_label:
                 labels.append((len(ids) - 1, int(item), TASK_ID[task]))
+                # the predicting position belongs to the target's task (with an empty rec lead it is the
+                # previous event's item token), so per-token task routing sees the task being predicted
+                token_task[-1] = TASK_ID[task]
             ids.append(self.items[item])
             token_task.append(TASK_ID[task])
         return ids, token_task, labels

@@ -49,6 +49,8 @@ class TrainSettings:
     history_separator: str = ""
     templates: dict = field(default_factory=dict)
     max_steps: int = 200
+    max_epochs: float = 0.0
+    patience: int = 0
     batch_size: int = 8
     grad_accum: int = 1
     warmup_ratio: float = 0.01
@@ -73,6 +75,8 @@ class TrainSettings:
         s = cls(**d)
         if s.schedule not in ("cosine", "constant"):
             raise TrainingError(f"train.schedule must be cosine or constant, not {s.schedule!r}")
+        if s.max_steps <= 0 and s.max_epochs <= 0:
+            raise TrainingError("set train.max_steps or train.max_epochs to a positive value")
         if not (s.selection == "val_loss" or s.selection == "last" or s.selection.startswith("ndcg@")):
             raise TrainingError(f"train.selection must be val_loss, last or ndcg@K, not {s.selection!r}")
         return s
@@ -173,13 +177,18 @@ class Loop:
         self.units = self.b.encoder.training_units(ctx.dataset.splits["train"], ctx.dataset.events)
         if not self.units:
             raise TrainingError("no training units: the train split is empty for this format")
-        self.optimizer = method.build_optimizer(self.model, self.s.max_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.s, self.s.max_steps))
+        per_step = self.s.batch_size * self.s.grad_accum
+        # max_epochs, when set, decides the length (and so the schedule); max_steps then caps it
+        by_epochs = math.ceil(self.s.max_epochs * len(self.units) / per_step) if self.s.max_epochs > 0 else None
+        self.total_steps = min(by_epochs, self.s.max_steps) if by_epochs and self.s.max_steps > 0 \
+            else (by_epochs or self.s.max_steps)
+        self.optimizer = method.build_optimizer(self.model, self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.s, self.total_steps))
         self.valid = validation_subset(ctx.dataset.splits["valid"], self.s.val_examples)
         self.run_dir = Path(ctx.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoint"
         self.step = 0
-        self.best = {"metric": None, "step": -1}
+        self.best = {"metric": None, "step": -1, "evals_since": 0}
         self._orders: dict[int, np.ndarray] = {}  # epoch -> unit order (a function of seed and epoch)
 
     # --- data ---------------------------------------------------------------------------------
@@ -246,6 +255,16 @@ class Loop:
                              acc[1] if n_search else [None] * len(self.params), n_rec, n_search,
                              totals[0] / max(n_rec, 1), totals[1] / max(n_search, 1))
 
+    def clip(self, tg: TaskGradients | None) -> None:
+        """Clip the joint gradient's norm; scale the task gradients by the same factor so that methods which
+        rebuild the update from them (PCGrad, GEMS) see the clipped step too."""
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.s.max_grad_norm)
+        coef = min(1.0, self.s.max_grad_norm / (float(norm) + 1e-6))
+        if tg is not None and coef < 1.0:
+            for g in tg.rec + tg.search:
+                if g is not None:
+                    g.mul_(coef)
+
     def _accumulate(self, acc: list[torch.Tensor], loss: torch.Tensor, retain: bool) -> None:
         grads = torch.autograd.grad(loss, self.params, retain_graph=retain, allow_unused=True)
         for a, g in zip(acc, grads):
@@ -278,6 +297,10 @@ class Loop:
         by_task = pd.Series(ndcg).groupby(self.valid["task"].to_numpy()).mean()
         return {f"val_ndcg@{k}": float(by_task.mean()), "val_loss": float(sum(losses) / len(self.valid)),
                 **{f"val_ndcg@{k}_{t}": float(v) for t, v in by_task.items()}}
+
+    def stopped_early(self) -> bool:
+        """Early stopping: ``patience`` validations in a row without improving the selection metric."""
+        return self.s.patience > 0 and self.best["evals_since"] >= self.s.patience
 
     def selection_value(self, val: dict) -> float:
         if self.s.selection == "val_loss":
@@ -323,9 +346,9 @@ class Loop:
         t_start = time.time()
         train_seconds, targets_seen = 0.0, 0
         ckpt_every = self.s.checkpoint_every or self.s.eval_every
-        with open(log_path, "a") as logf, tqdm(total=self.s.max_steps, initial=self.step,
+        with open(log_path, "a") as logf, tqdm(total=self.total_steps, initial=self.step,
                                                desc=f"train {self.method.name}", mininterval=5) as bar:
-            while self.step < self.s.max_steps:
+            while self.step < self.total_steps and not self.stopped_early():
                 t0 = time.time()
                 batches = self.micro_batches(self.step)
                 counts = [count_labels(b) for b in batches]
@@ -347,7 +370,7 @@ class Loop:
                         f"{self.method.name!r}: lower its learning rate or use train.precision: fp32. The last "
                         f"good checkpoint (if any) is kept in {self.ckpt_dir}.")
                 if self.s.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(self.params, self.s.max_grad_norm)
+                    self.clip(tg)
                 extra = self.method.optimizer_step(self.optimizer, tg)
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -358,16 +381,18 @@ class Loop:
                              n_rec=n_rec, n_search=n_search, lr=self.scheduler.get_last_lr()[0], seconds=dt,
                              **extra)
                 self.step += 1
-                if self.step % self.s.eval_every == 0 or self.step == self.s.max_steps:
+                if self.step % self.s.eval_every == 0 or self.step == self.total_steps:
                     val = self.validate()
                     entry.update(val)
                     value = self.selection_value(val)
                     if self.best["metric"] is None or value > self.best["metric"]:
-                        self.best = {"metric": value, "step": self.step}
+                        self.best = {"metric": value, "step": self.step, "evals_since": 0}
                         atomic_torch_save(trainable_state(self.model), self.ckpt_dir / "best.pt")
+                    else:
+                        self.best["evals_since"] += 1
                 logf.write(json.dumps(entry) + "\n")
                 logf.flush()
-                if self.step % ckpt_every == 0 or self.step == self.s.max_steps:
+                if self.step % ckpt_every == 0 or self.step == self.total_steps or self.stopped_early():
                     self.save_last()
                 bar.update(1)
                 bar.set_postfix(rec=f"{loss_rec:.3f}", search=f"{loss_search:.3f}")
@@ -380,6 +405,7 @@ class Loop:
             "trainable_parameters": int(sum(p.numel() for p in self.params)),
             "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
             "peak_memory_bytes": peak_memory_bytes(self.device),
+            "total_steps": self.total_steps, "stopped_early": self.stopped_early(),
             "best_step": self.best["step"], "selection": self.s.selection, "best_value": self.best["metric"],
             "units": len(self.units), "format": self.s.format, "device": self.device,
         }

@@ -40,7 +40,7 @@ def test_timeline_labels_sit_before_each_item_token(llama, synthetic_dataset):
     for (b, p), item, task in zip(batch["label_pos"].tolist(), batch["label_item"].tolist(),
                                   batch["label_task"].tolist()):
         assert batch["input_ids"][b, p + 1] == llama.item_token_ids[item]  # next token is the target item
-        assert batch["token_task"][b, p + 1] == task
+        assert batch["token_task"][b, p] == task  # the predicting position is routed as the target's task
     # every training event except the first of each user is a target exactly once
     train = synthetic_dataset.events[synthetic_dataset.events["split"] == "train"]
     expected = len(train) - train["user"].nunique()

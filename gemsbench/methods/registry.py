@@ -13,6 +13,10 @@ _METHODS: dict[str, type[Method]] = {}
 _BUILTIN_MODULES = (
     "gemsbench.methods.llm_baselines",
     "baselines.popularity",
+    "baselines.moe_lora",
+    "baselines.hydra_lora",
+    "baselines.pcgrad",
+    "baselines.shared_encoder",
 )
 
 
