@@ -66,6 +66,17 @@ def evaluate(scorer, examples: pd.DataFrame, protocols=PROTOCOLS, ks=DEFAULT_KS,
     return pd.concat(frames, ignore_index=True)
 
 
+def evaluation_subset(examples: pd.DataFrame, per_task: int) -> pd.DataFrame:
+    """At most ``per_task`` examples of each task, chosen with a fixed seed (identical for every method)."""
+    if per_task <= 0:
+        return examples
+    parts = []
+    for _, grp in examples.groupby("task", sort=True):
+        keep = np.sort(np.random.default_rng(1234).permutation(len(grp))[:per_task])
+        parts.append(grp.iloc[keep])
+    return pd.concat(parts).sort_values("example_id", kind="stable").reset_index(drop=True)
+
+
 def summarise(rows: pd.DataFrame, ks=DEFAULT_KS) -> dict:
     """Mean of every metric per protocol and task: {protocol: {task: {metric: value, "n": count}}}."""
     names = metric_names(ks)

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ..data.format import atomic_write_json, atomic_write_parquet
-from ..evaluate import evaluate, summarise
+from ..evaluate import evaluate, evaluation_subset, summarise
 from ..methods.registry import build_method
 from .common import add_run_args, config_and_run, main, parser, run_context
 
@@ -21,7 +21,7 @@ def run(args) -> None:
     ev = config["evaluate"]
     t0 = time.time()
     scorer = method.load_scorer(ctx)
-    examples = ctx.dataset.splits[ev["split"]]
+    examples = evaluation_subset(ctx.dataset.splits[ev["split"]], ev["max_examples_per_task"])
     rows = evaluate(scorer, examples, ev["protocols"], ev["ks"], desc=f"evaluate {r.path}")
     summary = {"run": r.run, "method": config["methods"][r.run]["method"], "dataset": r.dataset,
                "backbone": r.backbone, "seed": r.seed, "split": ev["split"], "metrics": summarise(rows, ev["ks"]),
