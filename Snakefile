@@ -4,18 +4,30 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-configfile: "config/default.yaml"
+
+# The embedded default unless a --configfile is given (a given one replaces it rather than merging into it).
+if not config:
+
+    configfile: "config/default.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/backbone.smk"
+include: "workflow/rules/knowledge.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/analysis.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.main_table.output,
+        rules.significance.output,
+        rules.efficiency_table.output,
+        rules.figures.output,

@@ -1,14 +1,17 @@
 rule main_table:
     input:
-        [RESULTS + f"/runs/{r.path}/eval/{SPLIT}_summary.json" for r in RUNS],
+        summaries=[f"{RESULTS}/runs/{r.path}/eval/{SPLIT}_summary.json" for r in RUNS],
+        significance=f"{RESULTS}/tables/significance.csv",
     output:
-        md=RESULTS + "/tables/main.md",
-        csv=RESULTS + "/tables/main.csv",
+        md=f"{RESULTS}/tables/main.md",
+        csv=report(f"{RESULTS}/tables/main.csv", caption="../report/main_table.rst", category="Tables"),
+        tex=f"{RESULTS}/tables/main.tex",
     params:
-        out=RESULTS + "/tables",
+        config=CONFIG,
+        out=lambda w, output: os.path.dirname(output.csv),
         spec=lambda w: digest([config["methods"], config["tables"]]),
     log:
-        RESULTS + "/logs/aggregate/main_table.log",
+        f"{RESULTS}/logs/aggregate/main_table.log",
     shell:
-        "python -m gemsbench.cli.aggregate --config {CONFIG} --summaries {input} --out-dir {params.out} "
-        "> {log} 2>&1 && cat {log}"
+        "python -m gemsbench.cli.aggregate --config {params.config} --summaries {input.summaries} "
+        "--significance {input.significance} --out-dir {params.out} > {log} 2>&1 && cat {log}"

@@ -2,6 +2,7 @@ rule train:
     input:
         data=RESULTS + "/data/{dataset}/stats.json",
         backbone=RESULTS + "/backbones/{backbone}.json",
+        knowledge=knowledge_report,
     output:
         summary=RUN_DIR + "/summary.json",
     params:

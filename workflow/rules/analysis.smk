@@ -1,0 +1,128 @@
+# Analysis: significance tests, efficiency and gradient-conflict tables, figures. Every input is a saved run
+# output or table, so `snakemake figures` redraws the figures from the tables without retraining anything.
+# Uses common.smk (RUNS, RESULTS, CONFIG, digest) and the rules train and evaluate: include this file after them.
+
+ANALYSIS_TABLES = f"{RESULTS}/tables"
+ANALYSIS_FIGURES = f"{RESULTS}/figures"
+ANALYSIS_GROUPS = list(dict.fromkeys((r.dataset, r.backbone) for r in RUNS))
+# the run grid as expand() keywords, to expand run-level output patterns of the rules train and evaluate
+ANALYSIS_GRID = dict(
+    dataset=[r.dataset for r in RUNS],
+    backbone=[r.backbone for r in RUNS],
+    run=[r.run for r in RUNS],
+    seed=[r.seed for r in RUNS],
+)
+# figure file stems, named as gemsbench.cli.figures names them
+ANALYSIS_MAIN_FIGURES = [
+    f"{ANALYSIS_FIGURES}/main_{ds}_{bb}_{protocol}"
+    for ds, bb in ANALYSIS_GROUPS
+    for protocol in config["evaluate"]["protocols"]
+]
+ANALYSIS_EFFICIENCY_FIGURES = [f"{ANALYSIS_FIGURES}/efficiency_{ds}_{bb}" for ds, bb in ANALYSIS_GROUPS]
+ANALYSIS_CONFLICT_FIGURES = [f"{ANALYSIS_FIGURES}/conflict_{ds}_{bb}" for ds, bb in ANALYSIS_GROUPS]
+
+
+# seconds of work each: run them on the submitting machine rather than queueing cluster jobs
+localrules:
+    significance,
+    efficiency_table,
+    conflict_csv,
+    figures,
+
+
+rule significance:
+    input:
+        rows=expand(rules.evaluate.output.rows, zip, **ANALYSIS_GRID),
+        summaries=expand(rules.evaluate.output.summary, zip, **ANALYSIS_GRID),
+    output:
+        csv=report(
+            f"{ANALYSIS_TABLES}/significance.csv",
+            caption="../report/significance.rst",
+            category="Tables",
+        ),
+    params:
+        config=CONFIG,
+        spec=lambda w: digest(config["tables"]),
+    log:
+        f"{RESULTS}/logs/analysis/significance.log",
+    shell:
+        "python -m gemsbench.cli.significance --config {params.config} --rows {input.rows} --out {output.csv} "
+        "> {log} 2>&1"
+
+
+rule efficiency_table:
+    input:
+        expand(rules.train.output.summary, zip, **ANALYSIS_GRID),
+    output:
+        csv=report(
+            f"{ANALYSIS_TABLES}/efficiency.csv",
+            caption="../report/efficiency_table.rst",
+            category="Tables",
+        ),
+        md=f"{ANALYSIS_TABLES}/efficiency.md",
+        tex=f"{ANALYSIS_TABLES}/efficiency.tex",
+    params:
+        config=CONFIG,
+        out=lambda w, output: os.path.dirname(output[0]),
+        spec=lambda w: digest(config["methods"]),
+    log:
+        f"{RESULTS}/logs/analysis/efficiency_table.log",
+    shell:
+        "python -m gemsbench.cli.aggregate --config {params.config} --table efficiency --summaries {input} "
+        "--out-dir {params.out} > {log} 2>&1"
+
+
+rule conflict_csv:
+    input:
+        expand(rules.train.output.summary, zip, **ANALYSIS_GRID),
+    output:
+        steps=f"{ANALYSIS_TABLES}/conflict.csv",
+        runs=report(
+            f"{ANALYSIS_TABLES}/conflict_summary.csv",
+            caption="../report/conflict_summary.rst",
+            category="Tables",
+        ),
+    params:
+        config=CONFIG,
+        out=lambda w, output: os.path.dirname(output[0]),
+        spec=lambda w: digest(config["methods"]),
+    log:
+        f"{RESULTS}/logs/analysis/conflict_csv.log",
+    shell:
+        "python -m gemsbench.cli.aggregate --config {params.config} --table conflict --summaries {input} "
+        "--out-dir {params.out} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        main=f"{ANALYSIS_TABLES}/main.csv",
+        efficiency=rules.efficiency_table.output.csv,
+        conflict=rules.conflict_csv.output.steps,
+        conflict_summary=rules.conflict_csv.output.runs,
+    output:
+        main_pdf=[f"{stem}.pdf" for stem in ANALYSIS_MAIN_FIGURES],
+        main_png=report(
+            [f"{stem}.png" for stem in ANALYSIS_MAIN_FIGURES],
+            caption="../report/figure_main.rst",
+            category="Figures",
+        ),
+        efficiency_pdf=[f"{stem}.pdf" for stem in ANALYSIS_EFFICIENCY_FIGURES],
+        efficiency_png=report(
+            [f"{stem}.png" for stem in ANALYSIS_EFFICIENCY_FIGURES],
+            caption="../report/figure_efficiency.rst",
+            category="Figures",
+        ),
+        conflict_pdf=[f"{stem}.pdf" for stem in ANALYSIS_CONFLICT_FIGURES],
+        conflict_png=report(
+            [f"{stem}.png" for stem in ANALYSIS_CONFLICT_FIGURES],
+            caption="../report/figure_conflict.rst",
+            category="Figures",
+        ),
+    params:
+        out=lambda w, output: os.path.dirname(output[0]),
+    log:
+        f"{RESULTS}/logs/analysis/figures.log",
+    shell:
+        "python -m gemsbench.cli.figures --out-dir {params.out} --main {input.main} "
+        "--efficiency {input.efficiency} --conflict {input.conflict} "
+        "--conflict-summary {input.conflict_summary} > {log} 2>&1"
