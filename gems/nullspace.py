@@ -4,7 +4,8 @@ Three steps, each usable alone:
 
 1. :func:`collect_second_moments` runs a general-domain corpus through the model and accumulates, per
    targeted layer, the uncentred second moment K = E[f fᵀ] of its output features (``side="output"``, the
-   release) or its input features (``side="input"``, AlphaEdit style) over real tokens.
+   release) or its input features (``side="input"``, AlphaEdit style) over real tokens;
+   :func:`collect_feature_moments` collects both sides in one pass.
 2. :func:`null_space_projector` splits K's spectrum into a knowledge space (large eigenvalues) and a null
    space (the rest) and returns P = U_null U_nullᵀ. The optimizer applies it as G <- P·G (output side, P is
    out×out: the update's columns avoid the outputs' knowledge directions) or G <- G·P (input side, P is in×in:
@@ -61,22 +62,54 @@ def collect_second_moments(model: nn.Module, modules: Mapping[str, nn.Module],
     features matching no mask count at every position. The model runs in eval mode and gets its mode back.
     """
     _check_side(side)
+    return collect_feature_moments(model, modules, batches, (side,), progress=progress)[side]
+
+
+@torch.no_grad()
+def collect_feature_moments(model: nn.Module, modules: Mapping[str, nn.Module],
+                            batches: Iterable[Mapping[str, Tensor] | Tensor],
+                            sides: Iterable[FeatureSide] = FEATURE_SIDES, *,
+                            progress: bool = False) -> dict[str, dict[str, Tensor]]:
+    """:func:`collect_second_moments` for several sides in one pass over the corpus: side -> name -> K.
+
+    The forward pass is paid once for both sides. Layers fed the same input tensor (q/k/v, gate/up) share one
+    input-side product per batch. The products run in float32 with autocast disabled even when the caller
+    runs the model under autocast: K's small eigenvalues decide the null space, and bf16 products would
+    blur them.
+    """
+    sides = tuple(dict.fromkeys(sides))
+    for side in sides:
+        _check_side(side)
+    if not sides:
+        raise ValueError("sides is empty; pass 'output' and/or 'input'")
     if not modules:
         raise ValueError("modules is empty; pass the targeted layers (e.g. gems.find_target_modules(model))")
-    sums: dict[str, Tensor] = {}
-    counts = dict.fromkeys(modules, 0)
+    sums: dict[tuple[str, str], Tensor] = {}
+    counts = {(side, name): 0 for side in sides for name in modules}
     masks: list[Tensor] = []
+    shared_inputs: dict[int, tuple[Tensor, Tensor, int]] = {}  # id(input) -> (input, moment, rows), per batch
+
+    def moment(feats: Tensor) -> tuple[Tensor, int]:
+        if isinstance(feats, tuple):
+            feats = feats[0]
+        mask = _token_mask(masks, feats.shape[:-1])
+        rows = (feats[mask] if mask is not None else feats.reshape(-1, feats.shape[-1])).float()
+        with torch.autocast(rows.device.type, enabled=False):
+            return rows.T @ rows, rows.shape[0]
+
+    def add(key: tuple[str, str], value: Tensor, n: int) -> None:
+        sums[key] = sums[key] + value if key in sums else value.clone()
+        counts[key] += n
 
     def make_hook(name: str) -> Callable:
         def hook(_module: nn.Module, inputs: tuple, output: Tensor | tuple) -> None:
-            feats = output if side == "output" else inputs[0]
-            if isinstance(feats, tuple):
-                feats = feats[0]
-            mask = _token_mask(masks, feats.shape[:-1])
-            rows = (feats[mask] if mask is not None else feats.reshape(-1, feats.shape[-1])).float()
-            moment = rows.T @ rows
-            sums[name] = sums[name] + moment if name in sums else moment
-            counts[name] += rows.shape[0]
+            if "output" in sides:
+                add(("output", name), *moment(output))
+            if "input" in sides:
+                x = inputs[0]
+                if id(x) not in shared_inputs:  # the entry keeps x alive, so its id stays unique per batch
+                    shared_inputs[id(x)] = (x, *moment(x))
+                add(("input", name), *shared_inputs[id(x)][1:])
         return hook
 
     device = next(model.parameters()).device
@@ -84,7 +117,7 @@ def collect_second_moments(model: nn.Module, modules: Mapping[str, nn.Module],
     was_training = model.training
     model.eval()
     try:
-        for batch in tqdm(batches, desc=f"second moments ({side})", disable=not progress):
+        for batch in tqdm(batches, desc=f"second moments ({'+'.join(sides)})", disable=not progress):
             if isinstance(batch, Tensor):
                 masks = []
                 model(batch.to(device))
@@ -92,15 +125,16 @@ def collect_second_moments(model: nn.Module, modules: Mapping[str, nn.Module],
                 batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
                 masks = [batch[k] for k in _MASK_KEYS if isinstance(batch.get(k), Tensor)]
                 model(**batch)
+            shared_inputs.clear()
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    silent = [name for name, n in counts.items() if n == 0]
+    silent = sorted({name for (_, name), n in counts.items() if n == 0})
     if silent:
         raise RuntimeError(f"modules {silent[:5]} saw no token during collection; make sure the batches run "
                            "them (an encoder-decoder needs decoder inputs or labels for its decoder layers)")
-    return {name: sums[name] / counts[name] for name in modules}
+    return {side: {name: sums[(side, name)] / counts[(side, name)] for name in modules} for side in sides}
 
 
 @dataclass(frozen=True)

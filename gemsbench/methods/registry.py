@@ -12,6 +12,7 @@ from .base import Method
 _METHODS: dict[str, type[Method]] = {}
 _BUILTIN_MODULES = (
     "gemsbench.methods.llm_baselines",
+    "gemsbench.methods.gems_methods",
     "baselines.popularity",
     "baselines.moe_lora",
     "baselines.hydra_lora",

@@ -1,0 +1,208 @@
+"""The knowledge space of a backbone: second moments K of its targeted layers' features on general text.
+
+GEMS's null-space projection (method.md §4) keeps updates out of the feature directions a backbone uses on
+general-domain text. This module decides *which* K a run uses (:class:`KnowledgeSpace`), *where* it is cached
+(:func:`knowledge_space_path`, the same function for the DAG rule and the method, so they agree), collects it
+for both feature sides in one pass (:func:`collect_knowledge_space`) and summarises the null spaces it implies
+(:func:`null_space_rows`, :func:`layer_type_summary`).
+
+K is collected on the plain pre-trained backbone, without item tokens: general text never contains an item
+token, and adding them only grows the embedding matrix — no targeted layer changes — so the K of the backbone
+is the K of every run that fine-tunes it. Collection runs in float32 without autocast: K's small eigenvalues
+decide the null space, and a bf16 forward would blur exactly those (its relative error, ~4e-3, is the size of
+the eigenvalues near τ = 2e-2 on normalised features).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from gems import (NullSpaceInfo, collect_feature_moments, find_target_modules, load_second_moments,
+                  null_space_projector, save_second_moments, second_moment_key)
+from gems.nullspace import FEATURE_SIDES
+
+from .backbone import Backbone, load_backbone
+from .config import digest
+from .corpus import CORPORA, batch_chunks, corpus_articles, tokenize_chunks
+
+log = logging.getLogger(__name__)
+
+#: chunks per forward pass when collecting K; changes memory and speed, not K (beyond float summation order)
+DEFAULT_BATCH_SIZE = 8
+
+
+@dataclass(frozen=True)
+class KnowledgeSpace:
+    """Which K: the general-domain corpus, how many of its null-space articles, tokens kept per article.
+
+    One cache file holds K of both feature sides (output and input) for every targeted layer: they come from
+    the same forward passes, so collecting both costs far less than two collections."""
+
+    corpus: str = "enwiki_gensim"
+    articles: int = 32
+    max_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.corpus not in CORPORA:
+            raise ValueError(f"knowledge corpus {self.corpus!r} is unknown; known: {CORPORA}")
+        if self.articles < 1 or self.max_tokens < 1:
+            raise ValueError(f"knowledge articles={self.articles} and max_tokens={self.max_tokens} must be >= 1")
+
+    @property
+    def stem(self) -> str:
+        """File stem shared by the cache file and the DAG's report: ``{corpus}_{articles}_{max_tokens}``."""
+        return f"{self.corpus}_{self.articles}_{self.max_tokens}"
+
+    @property
+    def corpus_label(self) -> str:
+        """The corpus field of the cache keys: the token budget changes K, so it is part of it."""
+        return f"{self.corpus}@{self.max_tokens}tok"
+
+
+def backbone_id(spec: Mapping) -> str:
+    """A name for a backbone's weights that does not depend on what a config calls it: its source plus a
+    digest of its spec (the ``cache_root`` the harness adds is not part of it). Two configs that load the same
+    backbone share its K; two tiny models of different widths never do."""
+    spec = {k: v for k, v in spec.items() if k != "cache_root"}
+    return f"{spec.get('source', 'unknown')}-{digest(spec)[:10]}"
+
+
+def knowledge_space_path(cache_root: str | Path, backbone_spec: Mapping, space: KnowledgeSpace) -> Path:
+    """``{cache_root}/knowledge/{backbone_id}/{stem}.safetensors``."""
+    return Path(cache_root) / "knowledge" / backbone_id(backbone_spec) / f"{space.stem}.safetensors"
+
+
+def knowledge_batches(tokenizer, space: KnowledgeSpace, batch_size: int = DEFAULT_BATCH_SIZE,
+                      is_encoder_decoder: bool = False) -> list[dict]:
+    """Padded batches of the lead ``max_tokens`` tokens of each of the first ``articles`` null-space articles.
+
+    An encoder-decoder gets the same text as decoder input (shifted by the model from ``labels``), so its
+    decoder layers see general text too. Decoder-only batches ask for no KV cache (it is never reused)."""
+    texts = [a.text for a in corpus_articles(space.corpus, "nullspace", space.articles)]
+    chunks = tokenize_chunks(tokenizer, texts, space.max_tokens)
+    batches = []
+    for batch in batch_chunks(chunks, batch_size, tokenizer.pad_token_id):
+        if is_encoder_decoder:
+            batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+            batch["decoder_attention_mask"] = batch["attention_mask"]
+        else:
+            batch["use_cache"] = False
+        batches.append(batch)
+    return batches
+
+
+def collect_knowledge_space(model: nn.Module, tokenizer, space: KnowledgeSpace, is_encoder_decoder: bool,
+                            batch_size: int = DEFAULT_BATCH_SIZE,
+                            progress: bool = False) -> tuple[dict[str, dict[str, Tensor]], int]:
+    """(side -> layer name -> float32 K, number of tokens), layers named as :func:`gems.find_target_modules`
+    names them on ``model``.
+
+    A decoder-only model runs through its decoder body only: the vocabulary head is not a targeted layer and
+    its logits (tokens × 49k for SmolLM2) would cost more than the layers that matter."""
+    modules = find_target_modules(model)
+    body = model if is_encoder_decoder else model.get_decoder()
+    batches = knowledge_batches(tokenizer, space, batch_size, is_encoder_decoder)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    return collect_feature_moments(body, modules, batches, FEATURE_SIDES, progress=progress), tokens
+
+
+def save_knowledge_space(path: Path, backbone_spec: Mapping, space: KnowledgeSpace,
+                         moments: Mapping[str, Mapping[str, Tensor]]) -> None:
+    bid = backbone_id(backbone_spec)
+    save_second_moments(path, {second_moment_key(bid, name, space.corpus_label, space.articles, side): K
+                               for side, per_layer in moments.items() for name, K in per_layer.items()})
+
+
+def load_knowledge_space(path: Path, backbone_spec: Mapping, space: KnowledgeSpace, side: str,
+                         layers: Iterable[str]) -> dict[str, Tensor]:
+    """K of one side for each named layer from the cache file; a layer the file lacks is an error naming the fix."""
+    stored = load_second_moments(path)
+    bid = backbone_id(backbone_spec)
+    keys = {name: second_moment_key(bid, name, space.corpus_label, space.articles, side) for name in layers}
+    missing = [name for name, key in keys.items() if key not in stored]
+    if missing:
+        raise ValueError(f"{path} holds no K for {len(missing)} targeted layer(s), e.g. {missing[:3]}: it was made "
+                         "for another model or target list; delete it to have it collected again")
+    return {name: stored[key] for name, key in keys.items()}
+
+
+def ensure_knowledge_space(backbone_spec: Mapping, cache_root: str | Path, space: KnowledgeSpace,
+                           batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False,
+                           backbone: Backbone | None = None) -> tuple[Path, dict | None]:
+    """The cache file of ``space`` for this backbone, collected first if it does not exist yet.
+
+    Returns (path, {"seconds", "tokens"} of the collection, or None when the file was already there). Without
+    ``backbone`` it loads its own copy (RNG state preserved), so the caller's model is never touched; a given
+    ``backbone`` must be the plain pre-trained one."""
+    path = knowledge_space_path(cache_root, backbone_spec, space)
+    if path.exists():
+        return path, None
+    if backbone is None:
+        with torch.random.fork_rng():
+            backbone = load_backbone(dict(backbone_spec), Path(cache_root))
+    start = time.perf_counter()
+    moments, tokens = collect_knowledge_space(backbone.model, backbone.tokenizer, space,
+                                              backbone.is_encoder_decoder, batch_size, progress)
+    seconds = time.perf_counter() - start
+    save_knowledge_space(path, backbone_spec, space, moments)
+    log.info("knowledge space %s (%d layers, both sides, %d tokens) collected in %.1f s -> %s", space.stem,
+             len(moments["output"]), tokens, seconds, path)
+    return path, {"seconds": round(seconds, 2), "tokens": tokens}
+
+
+def layer_type(name: str) -> str:
+    """The kind of a targeted layer: the last component of its name (q_proj, gate_proj, wo, ...)."""
+    return name.rsplit(".", 1)[-1]
+
+
+def null_space_rows(moments: Mapping[str, Mapping[str, Tensor]], rules: Iterable[tuple[str, float]],
+                    fallback_fraction: float | None = None) -> list[dict]:
+    """One row per (side, rule, layer): the null-space decision of :func:`gems.null_space_projector`."""
+    rows = []
+    for side, per_layer in moments.items():
+        for rule, value in rules:
+            option = {"tau": value} if rule == "threshold" else {"energy": value}
+            for name, K in per_layer.items():
+                _, info = null_space_projector(K, rule=rule, fallback_fraction=fallback_fraction, **option)
+                rows.append(null_space_row(name, side, rule, value, info))
+    return rows
+
+
+def null_space_row(layer: str, side: str, rule: str, value: float, info: NullSpaceInfo) -> dict:
+    return {"layer": layer, "layer_type": layer_type(layer), "side": side, "rule": rule, "value": value,
+            **asdict(info)}
+
+
+def layer_type_summary(rows: Iterable[Mapping]) -> list[dict]:
+    """Per (side, rule, value, layer type): mean null dimension over its layers, feature dimension, share."""
+    groups: dict[tuple, list[Mapping]] = defaultdict(list)
+    for row in rows:
+        groups[(row["side"], row["rule"], row["value"], row["layer_type"])].append(row)
+    summary = []
+    for (side, rule, value, kind), members in groups.items():
+        mean_null = sum(r["null_dim"] for r in members) / len(members)
+        total = members[0]["total_dim"]
+        summary.append({"side": side, "rule": rule, "value": value, "layer_type": kind, "layers": len(members),
+                        "mean_null_dim": round(mean_null, 2), "total_dim": total,
+                        "null_share": round(mean_null / total, 4),
+                        "min_null_dim": min(r["null_dim"] for r in members),
+                        "max_null_dim": max(r["null_dim"] for r in members),
+                        "fallback_layers": sum(bool(r["fallback_used"]) for r in members)})
+    return summary
+
+
+def run_knowledge_space(config: Mapping, run: str) -> KnowledgeSpace | None:
+    """The knowledge space a config's run needs before training, or None when its method uses no null space
+    (methods say so with a ``needs_knowledge_space`` class attribute). The DAG's train rule uses it."""
+    from .methods.registry import build_method
+
+    entry = config["methods"][run]
+    method = build_method(entry["method"], entry.get("hparams", {}))
+    return method.knowledge_space() if getattr(method, "needs_knowledge_space", False) else None
