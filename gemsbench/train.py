@@ -62,7 +62,7 @@ class TrainSettings:
     val_examples: int = 200
     selection: str = "ndcg@5"
     eval_batch_size: int = 32
-    max_grad_norm: float = 0.0
+    max_grad_norm: float = 1.0
     conflict_every: int = 0
     checkpoint_every: int = 0
 
