@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import Tensor, nn
 
-from gems import (NullSpaceInfo, collect_feature_moments, find_target_modules, load_second_moments,
-                  null_space_projector, save_second_moments, second_moment_key)
+from gems import (NullSpaceInfo, collect_feature_moments, find_target_modules, null_space_info,
+                  save_second_moments, second_moment_key)
 from gems.nullspace import FEATURE_SIDES
 
 from .backbone import Backbone, load_backbone
@@ -122,15 +123,16 @@ def save_knowledge_space(path: Path, backbone_spec: Mapping, space: KnowledgeSpa
 
 def load_knowledge_space(path: Path, backbone_spec: Mapping, space: KnowledgeSpace, side: str,
                          layers: Iterable[str]) -> dict[str, Tensor]:
-    """K of one side for each named layer from the cache file; a layer the file lacks is an error naming the fix."""
-    stored = load_second_moments(path)
+    """K of one side for each named layer from the cache file (read alone: the file holds both sides, over a
+    GB for SmolLM2); a layer the file lacks is an error naming the fix."""
     bid = backbone_id(backbone_spec)
     keys = {name: second_moment_key(bid, name, space.corpus_label, space.articles, side) for name in layers}
-    missing = [name for name, key in keys.items() if key not in stored]
-    if missing:
-        raise ValueError(f"{path} holds no K for {len(missing)} targeted layer(s), e.g. {missing[:3]}: it was made "
-                         "for another model or target list; delete it to have it collected again")
-    return {name: stored[key] for name, key in keys.items()}
+    with safe_open(str(path), framework="pt") as stored:
+        missing = [name for name, key in keys.items() if key not in stored.keys()]
+        if missing:
+            raise ValueError(f"{path} holds no K for {len(missing)} targeted layer(s), e.g. {missing[:3]}: it was "
+                             "made for another model or target list; delete it to have it collected again")
+        return {name: stored.get_tensor(key) for name, key in keys.items()}
 
 
 def ensure_knowledge_space(backbone_spec: Mapping, cache_root: str | Path, space: KnowledgeSpace,
@@ -164,13 +166,16 @@ def layer_type(name: str) -> str:
 
 def null_space_rows(moments: Mapping[str, Mapping[str, Tensor]], rules: Iterable[tuple[str, float]],
                     fallback_fraction: float | None = None) -> list[dict]:
-    """One row per (side, rule, layer): the null-space decision of :func:`gems.null_space_projector`."""
+    """One row per (side, rule, layer): the decision :func:`gems.null_space_projector` would take. One
+    eigenvalue decomposition per (side, layer) serves every rule (eigenvalues only: no projector is built)."""
+    rules = list(rules)
     rows = []
     for side, per_layer in moments.items():
-        for rule, value in rules:
-            option = {"tau": value} if rule == "threshold" else {"energy": value}
-            for name, K in per_layer.items():
-                _, info = null_space_projector(K, rule=rule, fallback_fraction=fallback_fraction, **option)
+        for name, K in per_layer.items():
+            eigenvalues = torch.linalg.eigvalsh((K + K.T) / 2)
+            for rule, value in rules:
+                option = {"tau": value} if rule == "threshold" else {"energy": value}
+                info = null_space_info(eigenvalues, rule, fallback_fraction=fallback_fraction, **option)
                 rows.append(null_space_row(name, side, rule, value, info))
     return rows
 
@@ -194,6 +199,7 @@ def layer_type_summary(rows: Iterable[Mapping]) -> list[dict]:
                         "null_share": round(mean_null / total, 4),
                         "min_null_dim": min(r["null_dim"] for r in members),
                         "max_null_dim": max(r["null_dim"] for r in members),
+                        "empty_layers": sum(r["null_dim"] == 0 for r in members),
                         "fallback_layers": sum(bool(r["fallback_used"]) for r in members)})
     return summary
 

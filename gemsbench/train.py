@@ -396,6 +396,8 @@ class Loop:
                     self.save_last()
                 bar.update(1)
                 bar.set_postfix(rec=f"{loss_rec:.3f}", search=f"{loss_search:.3f}")
+        # last.pt (weights + optimizer state) only serves resuming an interrupted run: drop it once finished
+        (self.ckpt_dir / "last.pt").unlink(missing_ok=True)
         summary = {
             "method": self.method.name, "steps": self.step, "resumed": resumed,
             "wall_seconds": time.time() - t_start, "train_seconds": train_seconds,

@@ -13,7 +13,7 @@ from gemsbench.knowledge import (KnowledgeSpace, knowledge_space_path, load_know
 from gemsbench.methods.base import RunContext
 from gemsbench.methods.registry import build_method
 
-TRAIN = {"max_steps": 4, "batch_size": 4, "eval_every": 4, "val_examples": 4, "precision": "fp32"}
+TRAIN = {"max_steps": 4, "batch_size": 4, "eval_every": 4, "val_examples": 4, "precision": "fp32", "selection": "last"}
 TINY = {"source": "tiny_llama"}
 SMALL = {"rank": 8, "update_gap": 2}  # tiny widths are 16-64: rank 8 keeps a genuine subspace
 TASKS = {"task_rank": 4}
@@ -34,7 +34,8 @@ def context(ds, run_dir, cache_root, fmt="timeline", **train):
 
 
 def trained_weights(run_dir) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoint" / "last.pt", weights_only=True)["model"]
+    """The final weights: with selection "last" the best checkpoint is the last step's."""
+    return torch.load(run_dir / "checkpoint" / "best.pt", weights_only=True)
 
 
 def initial_weights() -> dict[str, torch.Tensor]:

@@ -157,13 +157,13 @@ def test_main_table_cells_carry_markers_bold_best_and_latex(three_runs):
 def test_significance_cli_without_the_reference_run_writes_an_empty_table(tmp_path, caplog):
     from gemsbench.cli.significance import run
     cfg = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
-    cfg["tables"] = {"reference": "gems"}  # a reference run the config does not have
+    cfg["tables"] = {"reference": "no_such_run"}  # a reference run the config does not have
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "sig.csv"
     run(argparse.Namespace(config=str(tmp_path / "c.yaml"), rows=[], out=str(out), reference=None))
     table = pd.read_csv(out)
     assert table.empty and {"t_p_holm", "wilcoxon_p_holm", "marker"} <= set(table.columns)
-    assert "reference run 'gems' is not in this config" in caplog.text
+    assert "reference run 'no_such_run' is not in this config" in caplog.text
 
 
 def test_aggregate_cli_writes_marked_main_table_in_markdown_csv_and_latex(tmp_path):

@@ -50,19 +50,7 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(method, synthet
     full.run()
     want = final_state(full)
 
-    crashing = build_method(method)
-    real_step = crashing.optimizer_step
-
-    def crash_at_step_4(optimizer, task_grads):  # an interruption after the checkpoint of step 3
-        if optimizer.state and crashing.steps_taken == 4:
-            raise KeyboardInterrupt
-        crashing.steps_taken += 1
-        return real_step(optimizer, task_grads)
-
-    crashing.steps_taken = 0
-    crashing.optimizer_step = crash_at_step_4
-    with pytest.raises(KeyboardInterrupt):
-        Loop(crashing, context(synthetic_dataset, tmp_path / "b", checkpoint_every=3)).run()
+    interrupted_after_step_3(build_method(method), context(synthetic_dataset, tmp_path / "b", checkpoint_every=3))
     resumed = Loop(build_method(method), context(synthetic_dataset, tmp_path / "b", checkpoint_every=3))
     summary = resumed.run()
     assert summary["resumed"] and summary["steps"] == 6
@@ -100,7 +88,29 @@ def test_nan_loss_stops_with_a_clear_error(synthetic_dataset, tmp_path):
         loop.run()
 
 
+def interrupted_after_step_3(method, ctx):
+    """Run until the checkpoint of step 3 exists, then interrupt (as a killed job would)."""
+    real_step = method.optimizer_step
+    calls = []
+
+    def step(optimizer, task_grads):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_step(optimizer, task_grads)
+
+    method.optimizer_step = step
+    with pytest.raises(KeyboardInterrupt):
+        Loop(method, ctx).run()
+
+
 def test_resume_with_other_settings_is_refused(synthetic_dataset, tmp_path):
-    Loop(build_method("lora"), context(synthetic_dataset, tmp_path)).run()
+    interrupted_after_step_3(build_method("lora"), context(synthetic_dataset, tmp_path, checkpoint_every=3))
     with pytest.raises(TrainingError, match="other train settings"):
-        Loop(build_method("lora"), context(synthetic_dataset, tmp_path, batch_size=2)).run()
+        Loop(build_method("lora"), context(synthetic_dataset, tmp_path, batch_size=2, checkpoint_every=3)).run()
+
+
+def test_a_finished_run_keeps_its_best_weights_but_not_the_resume_state(synthetic_dataset, tmp_path):
+    Loop(build_method("lora"), context(synthetic_dataset, tmp_path)).run()
+    assert (tmp_path / "checkpoint" / "best.pt").exists()
+    assert not (tmp_path / "checkpoint" / "last.pt").exists()

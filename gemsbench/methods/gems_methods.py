@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 ADAMW = {"lr": 5e-4, "weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-6}
 SUBSPACE = {"rank": 128, "update_gap": 20, "scale": 1.0, "svd": "exact", "svd_oversample": 8,
-            "moment_policy": "keep", "targets": list(DEFAULT_TARGETS)}
+            "moment_policy": "keep", "projection_dtype": "float32", "targets": list(DEFAULT_TARGETS)}
 MULTI_SUBSPACE = {"task_rank": 64, "task_basis": "raw", "gate": "heuristic", "gate_rec_weight": 0.5,
                   "gate_mix": [0.4, 0.4, 0.2], "log_subspace_cosines": False}
 NULL_SPACE = {"null_side": "output", "null_rule": "threshold", "null_tau": 2e-2, "null_energy": 0.99,
@@ -95,7 +95,7 @@ class SubspaceMethod(LLMMethod):
         hp = self.hparams
         options = dict(rank=hp["rank"], update_gap=hp["update_gap"], scale=hp["scale"], svd=hp["svd"],
                        svd_oversample=hp["svd_oversample"], moment_policy=hp["moment_policy"],
-                       multi_subspace=self.multi_subspace)
+                       projection_dtype=hp["projection_dtype"], multi_subspace=self.multi_subspace)
         gating = None
         if self.multi_subspace:
             options.update(task_rank=hp["task_rank"], task_basis=hp["task_basis"])

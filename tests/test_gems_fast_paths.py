@@ -1,0 +1,80 @@
+"""The optimizer's cost-saving paths compute what method.md §4 describes: null projection of the full gradient,
+projection, Adam, back-projection, null projection of the update — whichever side the projector and the
+basis act on — and bfloat16 projection products stay within bf16 rounding of the float32 ones."""
+import pytest
+import torch
+from torch import nn
+
+from gems import MultiSubspaceAdamW, compute_basis, project, project_back, projection_side
+
+
+def gaussian(shape, seed):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def projector(dim: int, null_dim: int, seed: int) -> torch.Tensor:
+    u = torch.linalg.qr(gaussian((dim, dim), seed)).Q[:, :null_dim]
+    return u @ u.T
+
+
+@pytest.mark.parametrize("null_project_update", [True, False])
+@pytest.mark.parametrize("null_side", ["output", "input"])
+@pytest.mark.parametrize("shape", [(10, 6), (6, 10)], ids=["right-basis", "left-basis"])
+def test_first_step_equals_the_full_size_recipe(shape, null_side, null_project_update):
+    lr, wd, eps, scale, rank = 0.1, 0.05, 1e-8, 0.5, 3
+    w = nn.Parameter(gaussian(shape, 0))
+    start = w.detach().clone()
+    P = projector(shape[0] if null_side == "output" else shape[1], 4, 1)
+    opt = MultiSubspaceAdamW([{"params": [w], "targeted": True}], lr=lr, eps=eps, weight_decay=wd, rank=rank,
+                             scale=scale, multi_subspace=False, null_project_update=null_project_update)
+    opt.set_null_projector(w, P, null_side)
+    grad = gaussian(shape, 2)
+    w.grad = grad.clone()
+    opt.step()
+
+    def null(x):
+        return P @ x if null_side == "output" else x @ P
+
+    side = projection_side(shape)
+    basis = compute_basis(null(grad), rank, side)
+    low = project(null(grad), basis, side)
+    update = scale * project_back(low / (low.abs() + eps), basis, side)  # first Adam step: m̂/√v̂ = sign
+    if null_project_update:
+        update = null(update)
+    torch.testing.assert_close(w.detach(), start * (1 - lr * wd) - lr * update, atol=1e-6, rtol=1e-5)
+
+
+def trained_change(projection_dtype: str, round_gradients: bool = False) -> list[torch.Tensor]:
+    """Weight change of a right-basis and a left-basis weight (with output- and input-side null projectors)
+    after six multi-subspace steps on fixed gradients."""
+    shapes = [(48, 24), (24, 48)]
+    ws = [nn.Parameter(gaussian(s, i)) for i, s in enumerate(shapes)]
+    opt = MultiSubspaceAdamW([{"params": ws, "targeted": True}], lr=1e-2, rank=8, task_rank=4, update_gap=3,
+                             projection_dtype=projection_dtype)
+    opt.set_null_projector(ws[0], projector(48, 30, 5), "output")
+    opt.set_null_projector(ws[1], projector(48, 30, 6), "input")
+    rounded = (lambda g: g.bfloat16().float()) if round_gradients else (lambda g: g)
+    for step in range(6):
+        rec = {w: rounded(gaussian(w.shape, 100 + 10 * step + i)) for i, w in enumerate(ws)}
+        search = {w: rounded(gaussian(w.shape, 200 + 10 * step + i)) for i, w in enumerate(ws)}
+        for w in ws:
+            w.grad = (rec[w] + search[w]) / 2
+        opt.set_task_gradients(rec, search, 4, 4, 1.0, 1.0)
+        opt.step()
+    return [w.detach() - gaussian(s, i) for i, (w, s) in enumerate(zip(ws, shapes))]
+
+
+def test_bfloat16_products_deviate_no_more_than_bfloat16_gradients():
+    """bf16 products change the training trajectory by about as much as rounding the gradients to bf16 does
+    (what a bf16 backward pass does anyway): measured 2.8 % vs 7.3 % and 0.35 % vs 0.46 % of the weight
+    change; a wrong operand would be off by ~100 %."""
+    exact = trained_change("float32")
+    for products, gradients, reference in zip(trained_change("bfloat16"), trained_change("float32", True), exact):
+        products_error = torch.linalg.vector_norm(products - reference)
+        assert 0 < products_error < 1.5 * torch.linalg.vector_norm(gradients - reference)
+
+
+def test_unknown_projection_dtype_is_refused():
+    with pytest.raises(ValueError, match="projection_dtype"):
+        MultiSubspaceAdamW([{"params": [nn.Parameter(torch.ones(3, 2))], "targeted": True}],
+                           projection_dtype="float16")
