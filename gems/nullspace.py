@@ -160,28 +160,22 @@ class NullSpaceInfo:
                 f"eigenvalues max {self.eig_max:.3g}, median {self.eig_median:.3g}, min {self.eig_min:.3g}")
 
 
-def null_space_projector(K: Tensor, rule: str = "threshold", tau: float = 2e-2, energy: float = 0.99,
-                         fallback_fraction: float | None = None) -> tuple[Tensor, NullSpaceInfo]:
-    """P = U_null U_nullᵀ (float32, d×d) for the second-moment matrix K, and what was decided.
-
-    ``threshold``: eigenvalues of K below ``tau`` span the null space (K is symmetric PSD, so its eigenvalues
-    are its singular values). ``energy``: the fewest top eigen-directions holding at least ``energy`` of the
-    eigenvalue sum form the knowledge space; the rest is null. An empty null space gives P = 0, which freezes
-    the layer, and is logged; only when ``fallback_fraction`` is given do the smallest
-    ceil(fallback_fraction·d) directions become the null space instead (the release used 0.05).
-    """
-    if K.dim() != 2 or K.shape[0] != K.shape[1]:
-        raise ValueError(f"K must be a square matrix, got shape {tuple(K.shape)}")
+def _check_rule(rule: str, energy: float, fallback_fraction: float | None) -> None:
     if rule not in NULL_RULES:
         raise ValueError(f"rule={rule!r} is unknown; use one of {NULL_RULES}")
     if rule == "energy" and not 0.0 < energy <= 1.0:
         raise ValueError(f"energy={energy} must lie in (0, 1]")
     if fallback_fraction is not None and not 0.0 < fallback_fraction <= 1.0:
         raise ValueError(f"fallback_fraction={fallback_fraction} must lie in (0, 1] or be None")
-    K = K.detach().float()
-    eigvals, eigvecs = torch.linalg.eigh((K + K.T) / 2)  # ascending
-    eigvals = eigvals.clamp_min(0.0)
-    d = K.shape[0]
+
+
+def null_space_info(eigenvalues: Tensor, rule: str = "threshold", tau: float = 2e-2, energy: float = 0.99,
+                    fallback_fraction: float | None = None) -> NullSpaceInfo:
+    """The decision of :func:`null_space_projector` from K's eigenvalues alone (ascending, as
+    ``torch.linalg.eigvalsh`` returns them): cheap enough to compare many rules on one spectrum."""
+    _check_rule(rule, energy, fallback_fraction)
+    eigvals = eigenvalues.detach().float().clamp_min(0.0)
+    d = eigvals.shape[0]
     if rule == "threshold":
         null_dim, cutoff = int((eigvals < tau).sum()), tau
     else:
@@ -197,14 +191,32 @@ def null_space_projector(K: Tensor, rule: str = "threshold", tau: float = 2e-2, 
     fallback_used = False
     if null_dim == 0 and fallback_fraction is not None:
         null_dim, fallback_used = math.ceil(fallback_fraction * d), True
-    u_null = eigvecs[:, :null_dim]  # eigenvalues ascend, so the null directions come first
+    return NullSpaceInfo(null_dim=null_dim, total_dim=d, rule=rule, cutoff=cutoff, fallback_used=fallback_used,
+                         eig_max=float(eigvals[-1]), eig_median=float(eigvals.median()), eig_min=float(eigvals[0]))
+
+
+def null_space_projector(K: Tensor, rule: str = "threshold", tau: float = 2e-2, energy: float = 0.99,
+                         fallback_fraction: float | None = None) -> tuple[Tensor, NullSpaceInfo]:
+    """P = U_null U_nullᵀ (float32, d×d) for the second-moment matrix K, and what was decided.
+
+    ``threshold``: eigenvalues of K below ``tau`` span the null space (K is symmetric PSD, so its eigenvalues
+    are its singular values). ``energy``: the fewest top eigen-directions holding at least ``energy`` of the
+    eigenvalue sum form the knowledge space; the rest is null. An empty null space gives P = 0, which freezes
+    the layer, and is logged; only when ``fallback_fraction`` is given do the smallest
+    ceil(fallback_fraction·d) directions become the null space instead (the release used 0.05).
+    """
+    if K.dim() != 2 or K.shape[0] != K.shape[1]:
+        raise ValueError(f"K must be a square matrix, got shape {tuple(K.shape)}")
+    _check_rule(rule, energy, fallback_fraction)
+    K = K.detach().float()
+    eigvals, eigvecs = torch.linalg.eigh((K + K.T) / 2)  # ascending
+    info = null_space_info(eigvals, rule, tau, energy, fallback_fraction)
+    u_null = eigvecs[:, :info.null_dim]  # eigenvalues ascend, so the null directions come first
     projector = u_null @ u_null.T
-    info = NullSpaceInfo(null_dim=null_dim, total_dim=d, rule=rule, cutoff=cutoff, fallback_used=fallback_used,
-                         eig_max=float(eigvals[-1]), eig_median=float(eigvals.median()),
-                         eig_min=float(eigvals[0]))
-    if fallback_used:
+    if info.fallback_used:
         log.warning("NULL SPACE EMPTY under %s; FALLING BACK to the smallest %d of %d directions "
-                    "(fallback_fraction=%s). %s", rule, null_dim, d, fallback_fraction, info.summary())
+                    "(fallback_fraction=%s). %s", rule, info.null_dim, info.total_dim, fallback_fraction,
+                    info.summary())
     elif info.empty:
         log.warning("null space empty under %s: P = 0 freezes this layer; loosen tau/energy or pass "
                     "fallback_fraction. %s", rule, info.summary())

@@ -17,6 +17,13 @@ For every targeted 2-D weight W and step:
 With ``multi_subspace=False`` only the shared subspace is used: plain GaLore (the gems_no_msd ablation).
 Non-targeted parameters get exactly torch.optim.AdamW's update on the joint gradient.
 
+Cost. A step is dominated by matrix products with the bases, so the implementation never forms a full-size
+intermediate it can avoid: a null projector acting on the basis's dimension is folded into the basis once per
+refresh (G·P·V = G·(P·V)); one acting on the other dimension multiplies the low-rank coordinates (P·(G·V)),
+not the gradient; full-size P·G is formed only for the SVD at a refresh. The three back-projections and the
+decay go into the weight as one ``addmm_`` (W·(1 − lr·wd) − lr·[D_1 … D_k]·[B_1 … B_k]ᵀ). Step 1 above is
+therefore carried out inside steps 2 and 3; the result is the same up to float rounding.
+
 Basis refresh rules. An all-zero or non-finite gradient at a refresh keeps the previous basis (counted in
 ``skipped_refreshes``). A subspace that has no basis yet *defers*: it sits out the step (contributes nothing,
 no moments created) and retries at every later step until a usable gradient arrives; a task absent from a step
@@ -50,6 +57,8 @@ from .projector import SVD_METHODS, Side, compute_basis, orthogonal_complement, 
     projection_side
 
 MOMENT_POLICIES = ("keep", "reset", "reproject")
+#: dtype of the projection matrix products (bases, moments and SVDs stay float32)
+PROJECTION_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TASK_BASES = ("raw", "complement")
 TASKS = ("rec", "search")
 
@@ -115,12 +124,14 @@ def _check_group(group: dict) -> None:
     checks = {"rank": group["rank"] >= 1, "update_gap": group["update_gap"] >= 1,
               "task_rank": group["task_rank"] is None or group["task_rank"] >= 1,
               "svd": group["svd"] in SVD_METHODS, "moment_policy": group["moment_policy"] in MOMENT_POLICIES,
-              "task_basis": group["task_basis"] in TASK_BASES, "svd_oversample": group["svd_oversample"] >= 0}
+              "task_basis": group["task_basis"] in TASK_BASES, "svd_oversample": group["svd_oversample"] >= 0,
+              "projection_dtype": group["projection_dtype"] in PROJECTION_DTYPES}
     for key, ok in checks.items():
         if not ok:
             raise ValueError(f"targeted group has invalid {key}={group[key]!r}; see MultiSubspaceAdamW: "
                              f"svd in {SVD_METHODS}, moment_policy in {MOMENT_POLICIES}, task_basis in "
-                             f"{TASK_BASES}, ranks/update_gap >= 1, svd_oversample >= 0")
+                             f"{TASK_BASES}, projection_dtype in {tuple(PROJECTION_DTYPES)}, ranks/update_gap "
+                             ">= 1, svd_oversample >= 0")
     for p in group["params"]:
         projection_side(p.shape)  # raises for a non-2-D weight
         if group["task_basis"] == "complement" and group["multi_subspace"] and group["rank"] >= min(p.shape):
@@ -134,7 +145,10 @@ class MultiSubspaceAdamW(Optimizer):
 
     Group keys (constructor values are the defaults): ``targeted`` (False = plain AdamW), ``rank``,
     ``task_rank`` (None = rank // 2), ``update_gap``, ``scale``, ``svd`` ("exact" | "randomized"),
-    ``svd_oversample``, ``moment_policy``, ``task_basis``, ``multi_subspace``, ``null_project_update``.
+    ``svd_oversample``, ``moment_policy``, ``task_basis``, ``multi_subspace``, ``null_project_update``,
+    ``projection_dtype`` ("float32" | "bfloat16": the dtype of the projection matrix products, which dominate
+    a step's cost; bfloat16 is ~4× faster on CPUs with bf16 units and rounds each projected value to 8 bits of
+    mantissa, as a bf16-autocast forward pass does its activations; bases, SVDs and Adam moments stay float32).
 
     ``last_stats`` after each step: ``gate_rec``/``gate_search`` (None without task gradients); this step's
     ``refreshes``, ``skipped_refreshes``, ``deferred``, ``nonfinite_skips``, ``svd_seconds``; running
@@ -148,20 +162,24 @@ class MultiSubspaceAdamW(Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, *, rank: int = 128, task_rank: int | None = None,
                  update_gap: int = 200, scale: float = 1.0, svd: str = "exact", svd_oversample: int = 8,
                  moment_policy: str = "keep", task_basis: str = "raw", multi_subspace: bool = True,
-                 null_project_update: bool = True, gating: GateConfig | None = None,
-                 record_projected_cosines: bool = False):
+                 null_project_update: bool = True, projection_dtype: str = "float32",
+                 gating: GateConfig | None = None, record_projected_cosines: bool = False):
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"invalid AdamW hyper-parameters lr={lr}, betas={betas}, eps={eps}, "
                              f"weight_decay={weight_decay}: need lr, eps, weight_decay >= 0 and betas in [0, 1)")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, targeted=False, rank=rank,
                         task_rank=task_rank, update_gap=update_gap, scale=scale, svd=svd,
                         svd_oversample=svd_oversample, moment_policy=moment_policy, task_basis=task_basis,
-                        multi_subspace=multi_subspace, null_project_update=null_project_update)
+                        multi_subspace=multi_subspace, null_project_update=null_project_update,
+                        projection_dtype=projection_dtype)
         super().__init__(params, defaults)
         self.gating = gating or GateConfig()
         self.record_projected_cosines = record_projected_cosines
         self.last_stats: dict[str, Any] = {}
         self._null: dict[Tensor, tuple[Tensor, str]] = {}
+        # derived operands, rebuilt when what they derive from changes (checked by identity): not state
+        self._operand_cache: dict[tuple[Tensor, str], tuple] = {}  # (p, subspace) -> (basis, P, dtype, operand)
+        self._projector_cache: dict[Tensor, tuple] = {}  # p -> (P, dtype, P in dtype)
         self._task_step: _TaskStep | None = None
         self._totals = {"refreshes": 0, "skipped_refreshes": 0, "svd_seconds": 0.0}
 
@@ -182,6 +200,9 @@ class MultiSubspaceAdamW(Optimizer):
         if param not in self._targeted_params():
             raise ValueError(f"parameter of shape {tuple(param.shape)} is not in a targeted group of this "
                              "optimizer; null projectors apply to targeted weights only")
+        for key in [k for k in self._operand_cache if k[0] is param]:
+            del self._operand_cache[key]
+        self._projector_cache.pop(param, None)
         if projector is None:
             self._null.pop(param, None)
             self.state[param].pop("null_side", None)
@@ -268,7 +289,8 @@ class MultiSubspaceAdamW(Optimizer):
         denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2 ** state["step"])).add_(group["eps"])
         p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1 ** state["step"]))
 
-    def _null_project(self, p: Tensor, grad: Tensor) -> Tensor:
+    def _null_for(self, p: Tensor) -> tuple[Tensor, str] | None:
+        """The projector attached to ``p`` and its side, checked against the side its state was trained with."""
         attached = self._null.get(p)
         recorded = self.state[p].get("null_side")
         if attached is None:
@@ -276,53 +298,83 @@ class MultiSubspaceAdamW(Optimizer):
                 raise RuntimeError(f"the state of the {tuple(p.shape)} weight was trained with a {recorded}-side "
                                    "null projector that is not attached; reattach it with set_null_projector "
                                    "(after load_state_dict) or detach it explicitly with projector=None")
-            return grad
-        projector, side = attached
-        if recorded is not None and recorded != side:
+            return None
+        if recorded is not None and recorded != attached[1]:
             raise RuntimeError(f"the {tuple(p.shape)} weight was trained with a {recorded}-side null projector "
-                               f"but a {side}-side one is attached; attach the {recorded}-side projector")
-        self.state[p]["null_side"] = side
+                               f"but a {attached[1]}-side one is attached; attach the {recorded}-side projector")
+        self.state[p]["null_side"] = attached[1]
+        return attached
+
+    @staticmethod
+    def _null_full(grad: Tensor, null: tuple[Tensor, str] | None) -> Tensor:
+        """P·G (output side) or G·P (input side) at full size: for SVD refreshes and cosines only."""
+        if null is None:
+            return grad
+        projector, side = null
         return projector @ grad if side == "output" else grad @ projector
+
+    def _operands(self, p: Tensor, name: str, basis: Tensor, null: tuple[Tensor, str] | None, side: Side,
+                  dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        """(basis to project with, projector for the low-rank coordinates or None) for one subspace, in the
+        group's projection dtype; cached until the basis or the projector changes.
+
+        A null projector acting on the basis's dimension folds into it once per basis: G·P·V = G·(P·V) and
+        (P·U)ᵀ·G = Uᵀ·(P·G). One acting on the other dimension is applied to the low-rank coordinates:
+        P·(G·V) (m×r) or (Uᵀ·G)·P (r×n), never to the full gradient."""
+        projector, null_side = null if null is not None else (None, None)
+        fold = projector is not None and (side == "right") == (null_side == "input")
+        cached = self._operand_cache.get((p, name))
+        if cached is None or cached[0] is not basis or cached[1] is not projector or cached[2] != dtype:
+            cached = (basis, projector, dtype, (projector @ basis if fold else basis).to(dtype))
+            self._operand_cache[(p, name)] = cached
+        if projector is None or fold:
+            return cached[3], None
+        cast = self._projector_cache.get(p)
+        if cast is None or cast[0] is not projector or cast[1] != dtype:
+            cast = self._projector_cache[p] = (projector, dtype, projector.to(dtype))
+        return cached[3], cast[2]
 
     def _step_targeted(self, p: Tensor, group: dict, task_step: _TaskStep | None, stats: _StepStats) -> None:
         state = self.state[p]
         state.setdefault("step", 0)
         side = projection_side(p.shape)
         refresh_due = state["step"] % group["update_gap"] == 0
-        joint = self._null_project(p, p.grad.float())
-        update = self._subspace_update(p, "shared", joint, group["rank"], None, group, side, refresh_due, stats)
+        null = self._null_for(p)
+        parts = []
+        shared = self._subspace_part(p, "shared", p.grad, group["rank"], None, 1.0, group, side, null,
+                                     refresh_due, stats)
+        if shared is not None:
+            parts.append(shared)
         task_grads: dict[str, Tensor] = {}
         if task_step is not None and (group["multi_subspace"] or self.record_projected_cosines):
-            for task in TASKS:
-                grad = task_step.grads[task].get(p)
-                if grad is not None:
-                    task_grads[task] = self._null_project(p, grad.float())
+            task_grads = {task: g for task in TASKS if (g := task_step.grads[task].get(p)) is not None}
         shared_basis = state["shared"]["basis"] if "shared" in state else None
         if group["multi_subspace"]:
             exclude = shared_basis if group["task_basis"] == "complement" else None
             task_rank = group["task_rank"] or max(1, group["rank"] // 2)
             for task, grad in task_grads.items():
-                part = self._subspace_update(p, task, grad, task_rank, exclude, group, side, refresh_due, stats)
+                part = self._subspace_part(p, task, grad, task_rank, exclude, task_step.gates[task], group, side,
+                                           null, refresh_due, stats)
                 if part is not None:
-                    part.mul_(task_step.gates[task])
-                    update = part if update is None else update.add_(part)
+                    parts.append(part)
         if self.record_projected_cosines and len(task_grads) == 2:
-            self._record_cosines(state, task_grads, shared_basis, side, stats)
+            projected = {task: self._null_full(g.float(), null) for task, g in task_grads.items()}
+            self._record_cosines(state, projected, shared_basis, side, stats)
         state["step"] += 1
-        p.mul_(1 - group["lr"] * group["weight_decay"])
-        if update is None:
-            return
-        if group["null_project_update"] and p in self._null:
-            update = self._null_project(p, update)
-        p.add_(update.to(p.dtype), alpha=-group["lr"])
+        self._apply_update(p, parts, group, side)
 
-    def _subspace_update(self, p: Tensor, name: str, grad: Tensor, rank: int, exclude: Tensor | None,
-                         group: dict, side: Side, refresh_due: bool, stats: _StepStats) -> Tensor | None:
-        """scale × back-projected Adam direction of one subspace, or None when the subspace sits out."""
+    def _subspace_part(self, p: Tensor, name: str, grad: Tensor, rank: int, exclude: Tensor | None,
+                       weight: float, group: dict, side: Side, null: tuple[Tensor, str] | None,
+                       refresh_due: bool, stats: _StepStats) -> tuple[Tensor, Tensor] | None:
+        """One subspace's share of the update as (low-rank factor, basis factor), or None when it sits out.
+
+        The update is ``back(direction)`` times ``weight·scale``; with ``null_project_update`` the null
+        projector is already applied to the factors (folded basis, or P on the low-rank direction)."""
         state = self.state[p]
         sub = state.get(name)
         if refresh_due or sub is None:
-            basis = self._compute_basis(grad, rank, exclude, group, side, state["step"], stats)
+            basis = self._compute_basis(self._null_full(grad.float(), null), rank, exclude, group, side,
+                                        state["step"], stats)
             if basis is None:
                 stats.skipped_refreshes += 1
             else:
@@ -331,12 +383,42 @@ class MultiSubspaceAdamW(Optimizer):
         if sub is None:
             stats.deferred += 1
             return None
-        if not bool(torch.isfinite(grad).all()):
+        dtype = PROJECTION_DTYPES[group["projection_dtype"]]
+        proj_basis, low_null = self._operands(p, name, sub["basis"], null, side, dtype)
+        low = project(grad.to(dtype), proj_basis, side)
+        if low_null is not None:
+            low = low_null @ low if side == "right" else low @ low_null
+        low = low.float()
+        if not bool(torch.isfinite(low).all()):  # a non-finite gradient entry always reaches its projection
             stats.nonfinite_skips += 1
             return None
         beta1, beta2 = group["betas"]
-        direction = _adam_direction(sub, project(grad, sub["basis"], side), beta1, beta2, group["eps"])
-        return project_back(direction, sub["basis"], side).mul_(group["scale"])
+        direction = _adam_direction(sub, low, beta1, beta2, group["eps"]).mul_(weight * group["scale"])
+        if not (group["null_project_update"] and null is not None):
+            return direction.to(dtype), sub["basis"].to(dtype)
+        direction = direction.to(dtype)
+        if low_null is not None:
+            direction = low_null @ direction if side == "right" else direction @ low_null
+        return direction, proj_basis
+
+    @staticmethod
+    def _apply_update(p: Tensor, parts: list[tuple[Tensor, Tensor]], group: dict, side: Side) -> None:
+        """W <- W·(1 − lr·wd) − lr·Σ back(direction): every subspace's back-projection in one matrix product,
+        fused with the decay into the weight (no full-size temporary) when the weight is float32."""
+        decay, lr = 1 - group["lr"] * group["weight_decay"], group["lr"]
+        if not parts:
+            p.mul_(decay)
+            return
+        if side == "right":  # Σ D_i·B_iᵀ = [D_1 … D_k]·[B_1 … B_k]ᵀ
+            left = torch.cat([d for d, _ in parts], dim=1)
+            right = torch.cat([b for _, b in parts], dim=1).T
+        else:  # Σ B_i·D_i = [B_1 … B_k]·[D_1; …; D_k]
+            left = torch.cat([b for _, b in parts], dim=1)
+            right = torch.cat([d for d, _ in parts], dim=0)
+        if p.dtype == left.dtype:
+            p.addmm_(left, right, beta=decay, alpha=-lr)  # one pass over W, no full-size temporary
+        else:
+            p.mul_(decay).add_((left @ right).to(p.dtype), alpha=-lr)
 
     def _compute_basis(self, grad: Tensor, rank: int, exclude: Tensor | None, group: dict, side: Side,
                        seed: int, stats: _StepStats) -> Tensor | None:
