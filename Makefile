@@ -15,3 +15,6 @@ dry-run: setup
 
 lint: setup
 	. .venv/bin/activate && snakemake --lint
+
+bench: setup  ## GEMS vs full fine-tuning vs LoRA seconds per step and memory (ratios from one run)
+	. .venv/bin/activate && python benchmarks/bench_gems.py
