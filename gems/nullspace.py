@@ -208,10 +208,23 @@ def null_space_projector(K: Tensor, rule: str = "threshold", tau: float = 2e-2, 
     if K.dim() != 2 or K.shape[0] != K.shape[1]:
         raise ValueError(f"K must be a square matrix, got shape {tuple(K.shape)}")
     _check_rule(rule, energy, fallback_fraction)
+    eigenvalues, eigenvectors = symmetric_eigh(K)
+    return null_space_projector_from_eigh(eigenvalues, eigenvectors, rule, tau, energy, fallback_fraction)
+
+
+def symmetric_eigh(K: Tensor) -> tuple[Tensor, Tensor]:
+    """Ascending eigenvalues and eigenvectors of K's symmetric part, in float32: the one expensive step of
+    :func:`null_space_projector` (seconds for a 1536×1536 K on a CPU), worth caching when many runs share K."""
     K = K.detach().float()
-    eigvals, eigvecs = torch.linalg.eigh((K + K.T) / 2)  # ascending
-    info = null_space_info(eigvals, rule, tau, energy, fallback_fraction)
-    u_null = eigvecs[:, :info.null_dim]  # eigenvalues ascend, so the null directions come first
+    return torch.linalg.eigh((K + K.T) / 2)
+
+
+def null_space_projector_from_eigh(eigenvalues: Tensor, eigenvectors: Tensor, rule: str = "threshold",
+                                   tau: float = 2e-2, energy: float = 0.99,
+                                   fallback_fraction: float | None = None) -> tuple[Tensor, NullSpaceInfo]:
+    """:func:`null_space_projector` from a decomposition made by :func:`symmetric_eigh` (same result)."""
+    info = null_space_info(eigenvalues, rule, tau, energy, fallback_fraction)
+    u_null = eigenvectors[:, :info.null_dim].float()  # eigenvalues ascend, so the null directions come first
     projector = u_null @ u_null.T
     if info.fallback_used:
         log.warning("NULL SPACE EMPTY under %s; FALLING BACK to the smallest %d of %d directions "

@@ -91,13 +91,14 @@ class _StepStats:
                 for name, (dot, na, nb) in self.cos_sums.items()}
 
 
-def _adam_direction(sub: dict, grad: Tensor, beta1: float, beta2: float, eps: float) -> Tensor:
-    """Advance the moments in ``sub`` with ``grad``; return the bias-corrected Adam direction m̂/(√v̂ + eps)."""
+def _adam_direction(sub: dict, grad: Tensor, beta1: float, beta2: float, eps: float, factor: float) -> Tensor:
+    """Advance the moments in ``sub`` with ``grad``; return ``factor`` × the bias-corrected Adam direction
+    m̂/(√v̂ + eps), in one new tensor (the low-rank states of SmolLM2 hold ~50 M values: every temporary counts)."""
     sub["step"] += 1
     sub["exp_avg"].lerp_(grad, 1 - beta1)
     sub["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    denom = (sub["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2 ** sub["step"])).add_(eps)
-    return sub["exp_avg"] / denom / (1 - beta1 ** sub["step"])
+    direction = sub["exp_avg_sq"].sqrt().div_(math.sqrt(1 - beta2 ** sub["step"])).add_(eps)
+    return torch.div(sub["exp_avg"], direction, out=direction).mul_(factor / (1 - beta1 ** sub["step"]))
 
 
 def _global_norm(tensors: Iterable[Tensor | None]) -> float:
@@ -286,7 +287,7 @@ class MultiSubspaceAdamW(Optimizer):
         p.mul_(1 - group["lr"] * group["weight_decay"])
         state["exp_avg"].lerp_(p.grad, 1 - beta1)
         state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-        denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2 ** state["step"])).add_(group["eps"])
+        denom = state["exp_avg_sq"].sqrt().div_(math.sqrt(1 - beta2 ** state["step"])).add_(group["eps"])
         p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1 ** state["step"]))
 
     def _null_for(self, p: Tensor) -> tuple[Tensor, str] | None:
@@ -389,11 +390,14 @@ class MultiSubspaceAdamW(Optimizer):
         if low_null is not None:
             low = low_null @ low if side == "right" else low @ low_null
         low = low.float()
-        if not bool(torch.isfinite(low).all()):  # a non-finite gradient entry always reaches its projection
+        # A non-finite gradient entry makes its projection non-finite, and a non-finite entry makes the sum
+        # non-finite (NaN and ±Inf propagate through + and ×): one reduction checks the whole gradient (a
+        # projection whose finite entries sum beyond 3e38 would be skipped too).
+        if not math.isfinite(float(low.sum())):
             stats.nonfinite_skips += 1
             return None
         beta1, beta2 = group["betas"]
-        direction = _adam_direction(sub, low, beta1, beta2, group["eps"]).mul_(weight * group["scale"])
+        direction = _adam_direction(sub, low, beta1, beta2, group["eps"], weight * group["scale"])
         if not (group["null_project_update"] and null is not None):
             return direction.to(dtype), sub["basis"].to(dtype)
         direction = direction.to(dtype)

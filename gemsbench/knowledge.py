@@ -3,8 +3,9 @@
 GEMS's null-space projection (method.md §4) keeps updates out of the feature directions a backbone uses on
 general-domain text. This module decides *which* K a run uses (:class:`KnowledgeSpace`), *where* it is cached
 (:func:`knowledge_space_path`, the same function for the DAG rule and the method, so they agree), collects it
-for both feature sides in one pass (:func:`collect_knowledge_space`) and summarises the null spaces it implies
-(:func:`null_space_rows`, :func:`layer_type_summary`).
+for both feature sides in one pass (:func:`collect_knowledge_space`), eigen-decomposes every K once
+(:func:`ensure_eigendecompositions`: seconds per 1536×1536 K on a CPU, so no run repeats it) and summarises
+the null spaces it implies (:func:`null_space_rows`, :func:`layer_type_summary`).
 
 K is collected on the plain pre-trained backbone, without item tokens: general text never contains an item
 token, and adding them only grows the embedding matrix — no targeted layer changes — so the K of the backbone
@@ -26,7 +27,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from gems import (NullSpaceInfo, collect_feature_moments, find_target_modules, null_space_info,
-                  save_second_moments, second_moment_key)
+                  save_second_moments, second_moment_key, symmetric_eigh)
 from gems.nullspace import FEATURE_SIDES
 
 from .backbone import Backbone, load_backbone
@@ -47,7 +48,7 @@ class KnowledgeSpace:
     the same forward passes, so collecting both costs far less than two collections."""
 
     corpus: str = "enwiki_gensim"
-    articles: int = 32
+    articles: int = 64
     max_tokens: int = 256
 
     def __post_init__(self) -> None:
@@ -159,20 +160,59 @@ def ensure_knowledge_space(backbone_spec: Mapping, cache_root: str | Path, space
     return path, {"seconds": round(seconds, 2), "tokens": tokens}
 
 
+def eigen_path(path: Path) -> Path:
+    """Where the eigendecompositions of a K file live: beside it, ``{stem}.eigh.safetensors``."""
+    return path.with_name(f"{path.name.removesuffix('.safetensors')}.eigh.safetensors")
+
+
+def ensure_eigendecompositions(path: Path) -> tuple[Path, float | None]:
+    """Eigen-decompose every K in the cache file at ``path`` once (ascending eigenvalues and eigenvectors,
+    keys ``{K key}::values`` / ``::vectors``); returns (eigen file, seconds, or None when it was cached)."""
+    target = eigen_path(path)
+    if target.exists():
+        return target, None
+    start = time.perf_counter()
+    decompositions = {}
+    with safe_open(str(path), framework="pt") as stored:
+        for key in stored.keys():
+            values, vectors = symmetric_eigh(stored.get_tensor(key))
+            decompositions.update({f"{key}::values": values, f"{key}::vectors": vectors})
+    save_second_moments(target, decompositions)  # the library's atomic safetensors write
+    seconds = time.perf_counter() - start
+    log.info("%d second-moment matrices eigen-decomposed in %.1f s -> %s", len(decompositions) // 2, seconds,
+             target)
+    return target, round(seconds, 2)
+
+
+def load_eigendecompositions(path: Path, backbone_spec: Mapping, space: KnowledgeSpace, side: str,
+                             layers: Iterable[str], vectors: bool = True) -> dict[str, tuple[Tensor, Tensor | None]]:
+    """Layer -> (eigenvalues, eigenvectors or None) of one side's K, from the file made by
+    :func:`ensure_eigendecompositions` for the K file at ``path``."""
+    bid = backbone_id(backbone_spec)
+    keys = {name: second_moment_key(bid, name, space.corpus_label, space.articles, side) for name in layers}
+    with safe_open(str(eigen_path(path)), framework="pt") as stored:
+        present = set(stored.keys())
+        missing = [name for name, key in keys.items() if f"{key}::values" not in present]
+        if missing:
+            raise ValueError(f"{eigen_path(path)} holds no decomposition for {len(missing)} targeted layer(s), "
+                             f"e.g. {missing[:3]}: delete it and {path} to have both made again")
+        return {name: (stored.get_tensor(f"{key}::values"),
+                       stored.get_tensor(f"{key}::vectors") if vectors else None) for name, key in keys.items()}
+
+
 def layer_type(name: str) -> str:
     """The kind of a targeted layer: the last component of its name (q_proj, gate_proj, wo, ...)."""
     return name.rsplit(".", 1)[-1]
 
 
-def null_space_rows(moments: Mapping[str, Mapping[str, Tensor]], rules: Iterable[tuple[str, float]],
+def null_space_rows(spectra: Mapping[str, Mapping[str, Tensor]], rules: Iterable[tuple[str, float]],
                     fallback_fraction: float | None = None) -> list[dict]:
-    """One row per (side, rule, layer): the decision :func:`gems.null_space_projector` would take. One
-    eigenvalue decomposition per (side, layer) serves every rule (eigenvalues only: no projector is built)."""
+    """One row per (side, rule, layer) from K's eigenvalues (side -> layer -> ascending eigenvalues): the
+    decision :func:`gems.null_space_projector` would take."""
     rules = list(rules)
     rows = []
-    for side, per_layer in moments.items():
-        for name, K in per_layer.items():
-            eigenvalues = torch.linalg.eigvalsh((K + K.T) / 2)
+    for side, per_layer in spectra.items():
+        for name, eigenvalues in per_layer.items():
             for rule, value in rules:
                 option = {"tau": value} if rule == "threshold" else {"energy": value}
                 info = null_space_info(eigenvalues, rule, fallback_fraction=fallback_fraction, **option)

@@ -89,7 +89,7 @@ def test_null_space_that_matches_no_layer_fails(synthetic_dataset, cache_root, t
     path = knowledge_space_path(cache_root, TINY, space)
     from gems import save_second_moments
     save_second_moments(path, {"other-model::layer::0": torch.eye(4)})
-    with pytest.raises(ValueError, match="holds no K for 14 targeted layer"):
+    with pytest.raises(ValueError, match="no decomposition for 14 targeted layer"):
         build_method("gems", {**HPARAMS["gems"], "knowledge_articles": 2, "knowledge_max_tokens": 16}).fit(
             context(synthetic_dataset, tmp_path / "b", cache_root))
 

@@ -1,9 +1,10 @@
 """Collect (or read from the cache) a backbone's knowledge space and report the null spaces it implies.
 
-Writes, under ``--out-dir``: ``{stem}.json`` (settings, cache file, collection time, null dimension of every
-layer for each side and reported rule, and the per-layer-type summary), ``{stem}_layers.csv`` and
-``{stem}_by_type.csv``, where ``{stem}`` is ``{corpus}_{articles}_{max_tokens}``. The second moments go to the
-shared cache (``{cache_dir}/knowledge/{backbone id}/{stem}.safetensors``), where training runs find them.
+Writes, under ``--out-dir``: ``{stem}.json`` (settings, cache files, collection and decomposition times, null
+dimension of every layer for each side and reported rule, and the per-layer-type summary), ``{stem}_layers.csv``
+and ``{stem}_by_type.csv``, where ``{stem}`` is ``{corpus}_{articles}_{max_tokens}``. The second moments and
+their eigendecompositions go to the shared cache (``{cache_dir}/knowledge/{backbone id}/{stem}.safetensors`` and
+``{stem}.eigh.safetensors``), where training runs find them.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from gems.nullspace import FEATURE_SIDES
 from ..backbone import load_backbone
 from ..config import ConfigError, load_config
 from ..data.format import atomic_write_json
-from ..knowledge import (KnowledgeSpace, backbone_id, ensure_knowledge_space, layer_type_summary,
-                         load_knowledge_space, null_space_rows)
+from ..knowledge import (KnowledgeSpace, backbone_id, ensure_eigendecompositions, ensure_knowledge_space,
+                         layer_type_summary, load_eigendecompositions, null_space_rows)
 from .common import main, parser
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,14 @@ def run(args) -> None:
     bb = load_backbone(spec, Path(config["cache_dir"]))  # plain backbone: general text has no item tokens
     path, collected = ensure_knowledge_space(spec, config["cache_dir"], space, settings["batch_size"],
                                              progress=True, backbone=bb)
+    _, decomposed = ensure_eigendecompositions(path)
     layers = list(find_target_modules(bb.model))
-    moments = {side: load_knowledge_space(path, spec, space, side, layers) for side in FEATURE_SIDES}
+    spectra = {side: {name: values for name, (values, _) in
+                      load_eigendecompositions(path, spec, space, side, layers, vectors=False).items()}
+               for side in FEATURE_SIDES}
     rules = [("threshold", tau) for tau in settings["report_tau"]] + \
             [("energy", energy) for energy in settings["report_energy"]]
-    rows = null_space_rows(moments, rules)
+    rows = null_space_rows(spectra, rules)
     summary = layer_type_summary(rows)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -57,7 +61,9 @@ def run(args) -> None:
     _write_csv(pd.DataFrame(summary), out / f"{space.stem}_by_type.csv")
     atomic_write_json({"backbone": args.backbone, "backbone_id": backbone_id(spec), "cache_file": str(path),
                        "corpus": space.corpus, "articles": space.articles, "max_tokens": space.max_tokens,
-                       "collection": collected or "read from cache", "threads": torch.get_num_threads(),
+                       "collection": collected or "read from cache",
+                       "eigendecomposition_seconds": decomposed or "read from cache",
+                       "threads": torch.get_num_threads(),
                        "seconds_total": round(time.perf_counter() - start, 2), "rules": rules,
                        "by_layer_type": summary, "layers": rows}, out / f"{space.stem}.json")
     for entry in summary:

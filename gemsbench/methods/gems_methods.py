@@ -22,6 +22,9 @@ Hyper-parameters (keys of ``defaults``; [release] = the authors' code on T5-base
   first step's basis for the whole run; 20 gives a refresh at steps 0, 20, 40 (the sensitivity sweep varies it).
 * ``scale`` α 1.0 [release] (GaLore's pre-training recipe uses 0.25).
 * ``svd`` exact [release] | randomized [ours]; ``svd_oversample`` 8 (randomized only).
+* ``projection_dtype`` auto [ours] | float32 | bfloat16: the dtype of the projection products, which dominate a
+  step (bases, SVDs and moments stay float32); auto = bfloat16 when the run trains under bf16 autocast, whose
+  backward pass already rounds gradients to bf16 (tests/test_gems_fast_paths.py bounds the difference).
 * ``moment_policy`` keep [release] | reset | reproject; ``task_basis`` raw [release] | complement [paper].
 * ``gate`` heuristic [release] | fixed; ``gate_rec_weight`` (fixed), ``gate_mix`` 0.4/0.4/0.2 (heuristic) [release].
 * Null space: ``null_side`` output [release] | input [ours, AlphaEdit]; ``null_rule`` threshold [release] |
@@ -29,8 +32,10 @@ Hyper-parameters (keys of ``defaults``; [release] = the authors' code on T5-base
   [release]: a layer with no eigenvalue under τ takes its smallest 5 % as null space instead of being frozen
   (on SmolLM2's output features τ = 2e-2 leaves most down_proj layers with none); None freezes such layers.
   ``null_project_update`` True [ours]: project the Adam-normalised update again (see gems.optimizer).
-* Knowledge space: ``knowledge_corpus``, ``knowledge_articles``, ``knowledge_max_tokens`` [ours] — which K
-  (gemsbench.knowledge); the release used 10,000 Wikipedia articles of ≤ 512 tokens, far beyond a CPU.
+* Knowledge space: ``knowledge_corpus`` enwiki_gensim, ``knowledge_articles`` 64, ``knowledge_max_tokens`` 256
+  [ours] — which K (gemsbench.knowledge). The release used 10,000 Wikipedia articles of ≤ 512 tokens, far beyond
+  a CPU; 64 × 256 (≈ 16 k tokens, ~10 per feature dimension of the widest layer) is collected for both sides
+  in about a minute on 2 cores.
 * ``log_subspace_cosines`` False: log search/rec gradient cosines inside the shared and task subspaces (extra
   projections per step); ``targets``: last name components of the targeted layers.
 
@@ -46,12 +51,14 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from gems import GateConfig, MultiSubspaceAdamW, build_param_groups, find_target_modules, null_space_projector
+from gems import (GateConfig, MultiSubspaceAdamW, build_param_groups, find_target_modules,
+                  null_space_projector_from_eigh)
 from gems.targets import DEFAULT_TARGETS
 
 from ..data.format import atomic_write_json
-from ..knowledge import (KnowledgeSpace, ensure_knowledge_space, knowledge_space_path, layer_type_summary,
-                         load_knowledge_space, null_space_row)
+from ..knowledge import (KnowledgeSpace, ensure_eigendecompositions, ensure_knowledge_space, knowledge_space_path,
+                         layer_type_summary, load_eigendecompositions, null_space_row)
+from ..train import TrainSettings
 from .base import LLMMethod, RunContext, TaskGradients
 from .registry import register_method
 
@@ -59,12 +66,12 @@ log = logging.getLogger(__name__)
 
 ADAMW = {"lr": 5e-4, "weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-6}
 SUBSPACE = {"rank": 128, "update_gap": 20, "scale": 1.0, "svd": "exact", "svd_oversample": 8,
-            "moment_policy": "keep", "projection_dtype": "float32", "targets": list(DEFAULT_TARGETS)}
+            "moment_policy": "keep", "projection_dtype": "auto", "targets": list(DEFAULT_TARGETS)}
 MULTI_SUBSPACE = {"task_rank": 64, "task_basis": "raw", "gate": "heuristic", "gate_rec_weight": 0.5,
                   "gate_mix": [0.4, 0.4, 0.2], "log_subspace_cosines": False}
 NULL_SPACE = {"null_side": "output", "null_rule": "threshold", "null_tau": 2e-2, "null_energy": 0.99,
               "null_fallback_fraction": 0.05, "null_project_update": True,
-              "knowledge_corpus": "enwiki_gensim", "knowledge_articles": 32, "knowledge_max_tokens": 256}
+              "knowledge_corpus": "enwiki_gensim", "knowledge_articles": 64, "knowledge_max_tokens": 256}
 #: per-step optimizer statistics worth a line in the training log (gates and cosines: multi-subspace only)
 LOGGED_STATS = ("refreshes", "skipped_refreshes", "deferred", "nonfinite_skips", "svd_seconds")
 TASK_STATS = ("gate_rec", "gate_search", "cos_full", "cos_shared", "cos_task")
@@ -95,7 +102,7 @@ class SubspaceMethod(LLMMethod):
         hp = self.hparams
         options = dict(rank=hp["rank"], update_gap=hp["update_gap"], scale=hp["scale"], svd=hp["svd"],
                        svd_oversample=hp["svd_oversample"], moment_policy=hp["moment_policy"],
-                       projection_dtype=hp["projection_dtype"], multi_subspace=self.multi_subspace)
+                       projection_dtype=self.projection_dtype(), multi_subspace=self.multi_subspace)
         gating = None
         if self.multi_subspace:
             options.update(task_rank=hp["task_rank"], task_basis=hp["task_basis"])
@@ -109,6 +116,15 @@ class SubspaceMethod(LLMMethod):
         if self.needs_knowledge_space:
             self.attach_null_space(model, optimizer)
         return optimizer
+
+    def projection_dtype(self) -> str:
+        """``auto`` follows the run's training precision: bf16 products under bf16 autocast (whose backward
+        pass already rounds the gradients to bf16), float32 otherwise."""
+        choice = self.hparams["projection_dtype"]
+        if choice != "auto":
+            return choice
+        precision = TrainSettings.from_dict(self.context.train).precision if self.context else "fp32"
+        return "bfloat16" if precision == "bf16" else "float32"
 
     def knowledge_space(self) -> KnowledgeSpace:
         hp = self.hparams
@@ -129,13 +145,15 @@ class SubspaceMethod(LLMMethod):
             log.warning("knowledge space %s is not cached (the DAG's knowledge_space rule makes it); collecting "
                         "it now on the plain backbone", path)
             ensure_knowledge_space(ctx.backbone, cache_root, space)
-        moments = load_knowledge_space(path, ctx.backbone, space, hp["null_side"], modules)
+        ensure_eigendecompositions(path)
+        decompositions = load_eigendecompositions(path, ctx.backbone, space, hp["null_side"], modules)
         option = {"tau": hp["null_tau"]} if hp["null_rule"] == "threshold" else {"energy": hp["null_energy"]}
         value = next(iter(option.values()))
         rows = []
         for name, module in modules.items():
-            projector, info = null_space_projector(moments[name], rule=hp["null_rule"],
-                                                   fallback_fraction=hp["null_fallback_fraction"], **option)
+            projector, info = null_space_projector_from_eigh(*decompositions[name], rule=hp["null_rule"],
+                                                             fallback_fraction=hp["null_fallback_fraction"],
+                                                             **option)
             optimizer.set_null_projector(module.weight, projector, side=hp["null_side"])
             rows.append(null_space_row(name, hp["null_side"], hp["null_rule"], value, info))
             log.info("%s: %s", name, info.summary())
