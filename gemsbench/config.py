@@ -111,9 +111,13 @@ def run_train_settings(config: dict, run: str) -> dict:
 
 
 def run_spec(config: dict, r: Run) -> dict:
-    """Everything that determines a run's result (used to name and invalidate it)."""
+    """Everything that determines a run's result (used to name and invalidate it): the hyper-parameters are
+    the method's defaults overlaid with the config's, so changing a default in the code reruns the run."""
+    from .methods.registry import method_class
+    method = config["methods"][r.run]["method"]
+    hparams = {**method_class(method).defaults, **config["methods"][r.run].get("hparams", {})}
     return {"dataset": config["datasets"][r.dataset], "backbone": config["backbones"][r.backbone],
-            "method": config["methods"][r.run]["method"], "hparams": config["methods"][r.run].get("hparams", {}),
+            "method": method, "hparams": hparams,
             "train": run_train_settings(config, r.run), "seed": r.seed}
 
 

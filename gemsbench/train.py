@@ -26,6 +26,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from gems.targets import DEFAULT_TARGETS
+
 from .backbone import add_item_tokens, load_backbone
 from .formats import Encoder, FormatConfig, count_labels, shuffled_order, subset_batch
 from .methods.base import LLMMethod, RunContext, TaskGradients
@@ -171,7 +173,9 @@ class Loop:
         self.device = resolve_device(ctx.device)
         self.b = build(method, ctx, self.s)
         self.model = self.b.model
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        self.param_layers = [targeted_layer(n) for n, _ in named]  # for per-matrix conflict cosines
         if not self.params:
             raise TrainingError(f"method {method.name!r} left no trainable parameter")
         self.units = self.b.encoder.training_units(ctx.dataset.splits["train"], ctx.dataset.events)
@@ -344,6 +348,7 @@ class Loop:
         log_path.write_text("".join(line + "\n" for line in kept))
         self.model.train()
         t_start = time.time()
+        load_start = os.getloadavg()[0]
         train_seconds, targets_seen = 0.0, 0
         ckpt_every = self.s.checkpoint_every or self.s.eval_every
         with open(log_path, "a") as logf, tqdm(total=self.total_steps, initial=self.step,
@@ -353,14 +358,16 @@ class Loop:
                 batches = self.micro_batches(self.step)
                 counts = [count_labels(b) for b in batches]
                 n_rec, n_search = sum(c[0] for c in counts), sum(c[1] for c in counts)
-                want_tasks = self.method.uses_task_gradients or (
-                    self.s.conflict_every and self.step % self.s.conflict_every == 0)
+                conflict_step = bool(self.s.conflict_every and self.step % self.s.conflict_every == 0)
+                want_tasks = self.method.uses_task_gradients or conflict_step
+                self.method.conflict_step = conflict_step  # GEMS adds its subspace cosines on these steps
                 entry = {"step": self.step}
                 if want_tasks:
                     tg = self.task_backward(batches, n_rec, n_search)
                     loss_rec, loss_search = tg.loss_rec, tg.loss_search
-                    if n_rec and n_search:
+                    if n_rec and n_search and conflict_step:
                         entry["cos_rec_search"] = task_cosine(tg)
+                        entry["cos_layers"] = layer_cosines(tg, self.param_layers)
                 else:
                     tg = None
                     loss_rec, loss_search = self.joint_backward(batches, n_rec, n_search)
@@ -410,8 +417,38 @@ class Loop:
             "total_steps": self.total_steps, "stopped_early": self.stopped_early(),
             "best_step": self.best["step"], "selection": self.s.selection, "best_value": self.best["metric"],
             "units": len(self.units), "format": self.s.format, "device": self.device,
+            # 1-minute load average of the machine at start and end: timings taken beside other jobs read higher
+            "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         }
         return summary
+
+
+def targeted_layer(name: str) -> str | None:
+    """The targeted linear layer a trainable parameter belongs to (its weight, or an adapter's A/B/experts
+    hung under it), named as in the plain backbone; None for embeddings, norms and the head."""
+    parts = name.split(".")
+    hits = [i for i, part in enumerate(parts) if part in DEFAULT_TARGETS]
+    if not hits:
+        return None
+    parts = parts[:hits[-1] + 1]
+    if parts[:2] == ["base_model", "model"]:  # peft's wrapper prefix
+        parts = parts[2:]
+    return ".".join(parts)
+
+
+def layer_cosines(tg: TaskGradients, layers: list[str | None]) -> dict[str, float]:
+    """Cosine between the search and rec gradients of each targeted layer (all its trainable tensors
+    together); layers whose gradient is zero for a task are left out."""
+    sums: dict[str, list[float]] = {}
+    for layer, r, s in zip(layers, tg.rec, tg.search):
+        if layer is None or r is None or s is None:
+            continue
+        acc = sums.setdefault(layer, [0.0, 0.0, 0.0])
+        r, s = r.double(), s.double()
+        acc[0] += float((r * s).sum())
+        acc[1] += float(r.pow(2).sum())
+        acc[2] += float(s.pow(2).sum())
+    return {layer: round(dot / math.sqrt(nr * ns), 6) for layer, (dot, nr, ns) in sums.items() if nr > 0 and ns > 0}
 
 
 def task_cosine(tg: TaskGradients) -> float:

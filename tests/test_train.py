@@ -114,3 +114,32 @@ def test_a_finished_run_keeps_its_best_weights_but_not_the_resume_state(syntheti
     Loop(build_method("lora"), context(synthetic_dataset, tmp_path)).run()
     assert (tmp_path / "checkpoint" / "best.pt").exists()
     assert not (tmp_path / "checkpoint" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("method", ["full_ft", "lora", "moe_lora"])
+def test_conflict_steps_log_whole_model_and_per_layer_cosines(method, synthetic_dataset, tmp_path):
+    """On every conflict_every-th step the log holds the whole-model cosine and one cosine per targeted layer,
+    named as in the plain backbone, and the per-layer values recombine into the whole-model one."""
+    from gems import find_target_modules
+    from gemsbench.train import layer_cosines, targeted_layer, task_cosine
+
+    loop = Loop(build_method(method), context(synthetic_dataset, tmp_path, conflict_every=2, max_steps=4))
+    plain = set(find_target_modules(Loop(build_method("full_ft"), context(synthetic_dataset, tmp_path / "p"))
+                                    .model))
+    layers = {targeted_layer(n) for n, p in loop.model.named_parameters() if p.requires_grad} - {None}
+    assert layers == plain
+    loop.run()
+    log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    logged = [e for e in log if "cos_rec_search" in e]
+    assert [e["step"] for e in logged] == [s for s in (0, 2) if log[s]["n_rec"] and log[s]["n_search"]]
+    assert logged and all(set(e["cos_layers"]) == plain for e in logged)
+    assert all(-1 <= c <= 1 for e in logged for c in e["cos_layers"].values())
+
+    # hand check of the arithmetic on two layers of made-up gradients
+    from gemsbench.methods.base import TaskGradients
+    r = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0]), torch.tensor([1.0, 1.0])]
+    s = [torch.tensor([0.0, 1.0]), torch.tensor([0.0, -1.0]), torch.tensor([1.0, 1.0])]
+    tg = TaskGradients([None] * 3, r, s, 1, 1, 0.0, 0.0)
+    cos = layer_cosines(tg, ["a", "a", None])
+    assert cos == {"a": pytest.approx(-2 / (5 ** 0.5 * 2 ** 0.5))}
+    assert task_cosine(tg) == pytest.approx(0.0)

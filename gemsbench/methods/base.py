@@ -92,6 +92,8 @@ class LLMMethod(Method):
 
     #: True when ``optimizer_step`` needs the per-task gradients (two backward passes per step)
     uses_task_gradients: ClassVar[bool] = False
+    #: set by the training loop before each step: True on the steps where it logs gradient conflict
+    conflict_step: bool = False
 
     @abstractmethod
     def prepare_model(self, model: nn.Module, item_token_ids: list[int]) -> nn.Module:

@@ -36,8 +36,9 @@ Hyper-parameters (keys of ``defaults``; [release] = the authors' code on T5-base
   [ours] — which K (gemsbench.knowledge). The release used 10,000 Wikipedia articles of ≤ 512 tokens, far beyond
   a CPU; 64 × 256 (≈ 16 k tokens, ~10 per feature dimension of the widest layer) is collected for both sides
   in about a minute on 2 cores.
-* ``log_subspace_cosines`` False: log search/rec gradient cosines inside the shared and task subspaces (extra
-  projections per step); ``targets``: last name components of the targeted layers.
+* ``log_subspace_cosines`` False: log search/rec gradient cosines inside the shared and task subspaces on every
+  step (extra projections); they are logged on the loop's conflict steps (``train.conflict_every``) anyway.
+* ``targets``: last name components of the targeted layers.
 
 The knowledge space comes from the DAG's ``knowledge_space`` rule (cached per backbone). When a run starts
 without it (a method used outside the DAG), it is collected on the spot with a warning — the same code, so
@@ -171,6 +172,8 @@ class SubspaceMethod(LLMMethod):
             tg = task_grads
             optimizer.set_task_gradients(dict(zip(tg.params, tg.rec)), dict(zip(tg.params, tg.search)),
                                          tg.n_rec, tg.n_search, tg.loss_rec, tg.loss_search)
+            # the cosines inside the shared and task subspaces: every step when asked, else on conflict steps
+            optimizer.record_projected_cosines = bool(self.hparams["log_subspace_cosines"] or self.conflict_step)
         optimizer.step()
         keys = LOGGED_STATS + (TASK_STATS if self.multi_subspace else ())
         return {key: optimizer.last_stats[key] for key in keys if key in optimizer.last_stats}

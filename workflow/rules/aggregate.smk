@@ -1,4 +1,6 @@
 rule main_table:
+    conda:
+        "../envs/gemsbench.yaml"
     input:
         summaries=[f"{RESULTS}/runs/{r.path}/eval/{SPLIT}_summary.json" for r in RUNS],
         significance=f"{RESULTS}/tables/significance.csv",

@@ -31,6 +31,8 @@ localrules:
 
 
 rule significance:
+    conda:
+        "../envs/gemsbench.yaml"
     input:
         rows=expand(rules.evaluate.output.rows, zip, **ANALYSIS_GRID),
         summaries=expand(rules.evaluate.output.summary, zip, **ANALYSIS_GRID),
@@ -51,6 +53,8 @@ rule significance:
 
 
 rule efficiency_table:
+    conda:
+        "../envs/gemsbench.yaml"
     input:
         expand(rules.train.output.summary, zip, **ANALYSIS_GRID),
     output:
@@ -73,6 +77,8 @@ rule efficiency_table:
 
 
 rule conflict_csv:
+    conda:
+        "../envs/gemsbench.yaml"
     input:
         expand(rules.train.output.summary, zip, **ANALYSIS_GRID),
     output:
@@ -94,6 +100,8 @@ rule conflict_csv:
 
 
 rule figures:
+    conda:
+        "../envs/gemsbench.yaml"
     input:
         main=f"{ANALYSIS_TABLES}/main.csv",
         efficiency=rules.efficiency_table.output.csv,

@@ -1,10 +1,13 @@
 rule backbone_cache:
+    conda:
+        "../envs/gemsbench.yaml"
     output:
-        manifest=RESULTS + "/backbones/{backbone}.json",
+        manifest=os.path.join(RESULTS, "backbones/{backbone}.json"),
     params:
+        config=CONFIG,
         spec=lambda w: digest(config["backbones"][w.backbone]),
     log:
-        RESULTS + "/logs/backbone/{backbone}.log",
+        os.path.join(RESULTS, "logs/backbone/{backbone}.log"),
     shell:
-        "python -m gemsbench.cli.backbone --config {CONFIG} --backbone {wildcards.backbone} "
+        "python -m gemsbench.cli.backbone --config {params.config} --backbone {wildcards.backbone} "
         "--out {output.manifest} > {log} 2>&1"

@@ -1,8 +1,10 @@
 # Configuration validation and the experiment grid, expanded in one place.
+import os
 import sys
 
 from snakemake.utils import validate as snakemake_validate
 
+from gemsbench.knowledge import run_knowledge_space
 from gemsbench.config import ConfigError, SCHEMA_PATH, Run, digest, run_spec, runs, validate
 
 snakemake_validate(config, str(SCHEMA_PATH), set_default=True)
@@ -13,7 +15,7 @@ except ConfigError as e:
 
 RESULTS = config["results_dir"]
 RUNS = runs(config)
-RUN_DIR = RESULTS + "/runs/{dataset}/{backbone}/{run}/seed{seed}"
+RUN_DIR = os.path.join(RESULTS, "runs/{dataset}/{backbone}/{run}/seed{seed}")
 SPLIT = config["evaluate"]["split"]
 
 
@@ -26,7 +28,7 @@ def resolved_config_path():
     text = yaml.safe_dump(config, sort_keys=True)
     if not os.path.exists(path) or open(path).read() != text:
         os.makedirs(RESULTS, exist_ok=True)
-        tmp = path + ".tmp"
+        tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -45,3 +47,9 @@ wildcard_constraints:
     dataset=r"[^/]+",
     backbone=r"[^/]+",
     run=r"[^/]+",
+
+
+def knowledge_report(wildcards):
+    """Input of the train rule: the knowledge-space report of this run's backbone, when its method needs it."""
+    space = run_knowledge_space(config, wildcards.run)
+    return [] if space is None else [os.path.join(RESULTS, "knowledge", wildcards.backbone, f"{space.stem}.json")]

@@ -1,25 +1,19 @@
 # Knowledge space per backbone (method.md §4): second moments of every targeted layer's output and input
 # features over the general-domain corpus, cached in cache_dir for every run that fine-tunes the backbone, and
 # a report of the null spaces they imply. Which (corpus, articles, max_tokens) a run needs comes from its
-# method's hyper-parameters through gemsbench.knowledge.run_knowledge_space, the same function the train rule
-# uses, so they cannot disagree.
-from gemsbench.knowledge import run_knowledge_space
-
-
-def knowledge_report(wildcards):
-    """Input of the train rule: the knowledge-space report of this run's backbone, when its method needs it."""
-    space = run_knowledge_space(config, wildcards.run)
-    return [] if space is None else [RESULTS + f"/knowledge/{wildcards.backbone}/{space.stem}.json"]
-
-
+# method's hyper-parameters through gemsbench.knowledge.run_knowledge_space (knowledge_report in
+# common.smk), the same function the train rule uses, so they cannot disagree.
 rule knowledge_space:
+    conda:
+        "../envs/gemsbench.yaml"
     input:
-        backbone=RESULTS + "/backbones/{backbone}.json",
+        backbone=os.path.join(RESULTS, "backbones/{backbone}.json"),
     output:
-        report=RESULTS + "/knowledge/{backbone}/{corpus}_{articles}_{max_tokens}.json",
-        layers=RESULTS + "/knowledge/{backbone}/{corpus}_{articles}_{max_tokens}_layers.csv",
-        by_type=RESULTS + "/knowledge/{backbone}/{corpus}_{articles}_{max_tokens}_by_type.csv",
+        report=os.path.join(RESULTS, "knowledge/{backbone}/{corpus}_{articles}_{max_tokens}.json"),
+        layers=os.path.join(RESULTS, "knowledge/{backbone}/{corpus}_{articles}_{max_tokens}_layers.csv"),
+        by_type=os.path.join(RESULTS, "knowledge/{backbone}/{corpus}_{articles}_{max_tokens}_by_type.csv"),
     params:
+        config=CONFIG,
         out=lambda w, output: os.path.dirname(output.report),
         spec=lambda w: digest([config["backbones"][w.backbone], config["knowledge"]]),
     wildcard_constraints:
@@ -28,8 +22,8 @@ rule knowledge_space:
         max_tokens=r"\d+",
     threads: 2  # lowered to --cores when fewer; profiles may raise it
     log:
-        RESULTS + "/logs/knowledge/{backbone}/{corpus}_{articles}_{max_tokens}.log",
+        os.path.join(RESULTS, "logs/knowledge/{backbone}/{corpus}_{articles}_{max_tokens}.log"),
     shell:
-        "OMP_NUM_THREADS={threads} python -m gemsbench.cli.knowledge --config {CONFIG} --backbone {wildcards.backbone} "
+        "OMP_NUM_THREADS={threads} python -m gemsbench.cli.knowledge --config {params.config} --backbone {wildcards.backbone} "
         "--corpus {wildcards.corpus} --articles {wildcards.articles} --max-tokens {wildcards.max_tokens} "
         "--out-dir {params.out} > {log} 2>&1"

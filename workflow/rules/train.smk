@@ -1,20 +1,23 @@
 rule train:
+    conda:
+        "../envs/gemsbench.yaml"
     input:
-        data=RESULTS + "/data/{dataset}/stats.json",
-        backbone=RESULTS + "/backbones/{backbone}.json",
+        data=os.path.join(RESULTS, "data/{dataset}/stats.json"),
+        backbone=os.path.join(RESULTS, "backbones/{backbone}.json"),
         knowledge=knowledge_report,
     output:
-        summary=RUN_DIR + "/summary.json",
+        summary=os.path.join(RUN_DIR, "summary.json"),
     params:
+        config=CONFIG,
         spec=run_digest,
         data=lambda w, input: os.path.dirname(input.data),
         run_dir=lambda w, output: os.path.dirname(output.summary),
     threads: 2  # lowered to --cores when fewer; profiles may raise it
     log:
-        RESULTS + "/logs/train/{dataset}/{backbone}/{run}/seed{seed}.log",
+        os.path.join(RESULTS, "logs/train/{dataset}/{backbone}/{run}/seed{seed}.log"),
     resources:
         gpu=0,
     shell:
-        "OMP_NUM_THREADS={threads} python -m gemsbench.cli.train --config {CONFIG} --dataset {wildcards.dataset} "
+        "OMP_NUM_THREADS={threads} python -m gemsbench.cli.train --config {params.config} --dataset {wildcards.dataset} "
         "--backbone {wildcards.backbone} --run {wildcards.run} --seed {wildcards.seed} "
         "--data {params.data} --run-dir {params.run_dir} > {log} 2>&1"
