@@ -15,6 +15,8 @@ rule evaluate:
     threads: 2  # lowered to --cores when fewer; profiles may raise it
     log:
         os.path.join(RESULTS, "logs/evaluate/{dataset}/{backbone}/{run}/seed{seed}.log"),
+    benchmark:
+        os.path.join(RESULTS, "benchmarks/evaluate/{dataset}/{backbone}/{run}/seed{seed}.tsv")
     shell:
         "OMP_NUM_THREADS={threads} python -m gemsbench.cli.evaluate --config {params.config} --dataset {wildcards.dataset} "
         "--backbone {wildcards.backbone} --run {wildcards.run} --seed {wildcards.seed} "

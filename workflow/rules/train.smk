@@ -15,6 +15,8 @@ rule train:
     threads: 2  # lowered to --cores when fewer; profiles may raise it
     log:
         os.path.join(RESULTS, "logs/train/{dataset}/{backbone}/{run}/seed{seed}.log"),
+    benchmark:
+        os.path.join(RESULTS, "benchmarks/train/{dataset}/{backbone}/{run}/seed{seed}.tsv")
     resources:
         gpu=0,
     shell:
