@@ -78,6 +78,7 @@ class _StepStats:
     deferred: int = 0
     nonfinite_skips: int = 0
     svd_seconds: float = 0.0
+    cosine_seconds: float = 0.0  # time spent on record_projected_cosines (a measurement, not the update)
     cos_sums: dict[str, list[float]] = field(default_factory=dict)  # name -> [dot, |a|², |b|²]
 
     def add_cosine(self, name: str, a: Tensor, b: Tensor) -> None:
@@ -152,7 +153,8 @@ class MultiSubspaceAdamW(Optimizer):
     mantissa, as a bf16-autocast forward pass does its activations; bases, SVDs and Adam moments stay float32).
 
     ``last_stats`` after each step: ``gate_rec``/``gate_search`` (None without task gradients); this step's
-    ``refreshes``, ``skipped_refreshes``, ``deferred``, ``nonfinite_skips``, ``svd_seconds``; running
+    ``refreshes``, ``skipped_refreshes``, ``deferred``, ``nonfinite_skips``, ``svd_seconds``,
+    ``cosine_seconds`` (time of the cosine recording); running
     ``refreshes_total``, ``skipped_refreshes_total``, ``svd_seconds_total`` (since construction, not saved);
     with ``record_projected_cosines`` the whole-model cosines between the search and rec gradients over the
     targeted weights: ``cos_full`` (after null projection), ``cos_shared`` (inside the shared subspace),
@@ -271,6 +273,7 @@ class MultiSubspaceAdamW(Optimizer):
             "refreshes": stats.refreshes, "skipped_refreshes": stats.skipped_refreshes,
             "deferred": stats.deferred, "nonfinite_skips": stats.nonfinite_skips,
             "svd_seconds": stats.svd_seconds,
+            "cosine_seconds": stats.cosine_seconds,
             **{f"{key}_total": value for key, value in self._totals.items()},
             **(stats.cosines() if self.record_projected_cosines else {}),
         }
@@ -359,8 +362,10 @@ class MultiSubspaceAdamW(Optimizer):
                 if part is not None:
                     parts.append(part)
         if self.record_projected_cosines and len(task_grads) == 2:
+            start = time.perf_counter()
             projected = {task: self._null_full(g.float(), null) for task, g in task_grads.items()}
             self._record_cosines(state, projected, shared_basis, side, stats)
+            stats.cosine_seconds += time.perf_counter() - start
         state["step"] += 1
         self._apply_update(p, parts, group, side)
 

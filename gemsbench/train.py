@@ -350,6 +350,7 @@ class Loop:
         t_start = time.time()
         load_start = os.getloadavg()[0]
         train_seconds, targets_seen = 0.0, 0
+        timed_seconds, timed_steps = 0.0, 0  # the method's own cost: without conflict measurement
         ckpt_every = self.s.checkpoint_every or self.s.eval_every
         with open(log_path, "a") as logf, tqdm(total=self.total_steps, initial=self.step,
                                                desc=f"train {self.method.name}", mininterval=5) as bar:
@@ -362,12 +363,17 @@ class Loop:
                 want_tasks = self.method.uses_task_gradients or conflict_step
                 self.method.conflict_step = conflict_step  # GEMS adds its subspace cosines on these steps
                 entry = {"step": self.step}
+                log_seconds = 0.0  # time spent measuring conflict, not training (left out of the step time)
+                # a method that needs no task gradients pays a second backward pass only for the measurement
+                measurement_pass = want_tasks and not self.method.uses_task_gradients
                 if want_tasks:
                     tg = self.task_backward(batches, n_rec, n_search)
                     loss_rec, loss_search = tg.loss_rec, tg.loss_search
                     if n_rec and n_search and conflict_step:
+                        t_log = time.time()
                         entry["cos_rec_search"] = task_cosine(tg)
                         entry["cos_layers"] = layer_cosines(tg, self.param_layers)
+                        log_seconds += time.time() - t_log
                 else:
                     tg = None
                     loss_rec, loss_search = self.joint_backward(batches, n_rec, n_search)
@@ -379,13 +385,18 @@ class Loop:
                 if self.s.max_grad_norm > 0:
                     self.clip(tg)
                 extra = self.method.optimizer_step(self.optimizer, tg)
+                log_seconds += float(extra.pop("log_seconds", 0.0))
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 dt = time.time() - t0
                 train_seconds += dt
                 targets_seen += n_rec + n_search
+                if not measurement_pass:
+                    timed_seconds += dt - log_seconds
+                    timed_steps += 1
                 entry.update(loss_rec=loss_rec if n_rec else None, loss_search=loss_search if n_search else None,
                              n_rec=n_rec, n_search=n_search, lr=self.scheduler.get_last_lr()[0], seconds=dt,
+                             log_seconds=round(log_seconds, 4), measurement_pass=measurement_pass,
                              **extra)
                 self.step += 1
                 if self.step % self.s.eval_every == 0 or self.step == self.total_steps:
@@ -410,7 +421,11 @@ class Loop:
             "wall_seconds": time.time() - t_start, "train_seconds": train_seconds,
             "targets_seen_this_session": targets_seen,
             "targets_per_second": targets_seen / train_seconds if train_seconds else None,
-            "seconds_per_step": train_seconds / max(1, self.step - first_step),
+            # the method's own cost per step: steps with a measurement-only second backward pass left out,
+            # and the time spent computing the logged cosines subtracted (seconds_per_step_all keeps them)
+            "seconds_per_step": timed_seconds / timed_steps if timed_steps else
+            train_seconds / max(1, self.step - first_step),
+            "seconds_per_step_all": train_seconds / max(1, self.step - first_step),
             "trainable_parameters": int(sum(p.numel() for p in self.params)),
             "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
             "peak_memory_bytes": peak_memory_bytes(self.device),
@@ -444,17 +459,20 @@ def layer_cosines(tg: TaskGradients, layers: list[str | None]) -> dict[str, floa
         if layer is None or r is None or s is None:
             continue
         acc = sums.setdefault(layer, [0.0, 0.0, 0.0])
-        r, s = r.double(), s.double()
-        acc[0] += float((r * s).sum())
-        acc[1] += float(r.pow(2).sum())
-        acc[2] += float(s.pow(2).sum())
+        r, s = r.reshape(-1).float(), s.reshape(-1).float()
+        acc[0] += float(torch.dot(r, s))
+        acc[1] += float(torch.dot(r, r))
+        acc[2] += float(torch.dot(s, s))
     return {layer: round(dot / math.sqrt(nr * ns), 6) for layer, (dot, nr, ns) in sums.items() if nr > 0 and ns > 0}
 
 
 def task_cosine(tg: TaskGradients) -> float:
-    dot = sum(float((r.double() * s.double()).sum()) for r, s in zip(tg.rec, tg.search))
-    nr = math.sqrt(sum(float(r.double().pow(2).sum()) for r in tg.rec))
-    ns = math.sqrt(sum(float(s.double().pow(2).sum()) for s in tg.search))
+    """Cosine between the search and rec gradients of all trainable parameters together (float32 dot products
+    per tensor, summed in Python floats)."""
+    pairs = [(r.reshape(-1).float(), s.reshape(-1).float()) for r, s in zip(tg.rec, tg.search)]
+    dot = sum(float(torch.dot(r, s)) for r, s in pairs)
+    nr = math.sqrt(sum(float(torch.dot(r, r)) for r, _ in pairs))
+    ns = math.sqrt(sum(float(torch.dot(s, s)) for _, s in pairs))
     return dot / (nr * ns) if nr > 0 and ns > 0 else 0.0
 
 

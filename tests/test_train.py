@@ -128,9 +128,14 @@ def test_conflict_steps_log_whole_model_and_per_layer_cosines(method, synthetic_
                                     .model))
     layers = {targeted_layer(n) for n, p in loop.model.named_parameters() if p.requires_grad} - {None}
     assert layers == plain
-    loop.run()
+    summary = loop.run()
     log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     logged = [e for e in log if "cos_rec_search" in e]
+    # the method's step time leaves out the measurement: second backward passes it would not make, cosine time
+    assert [e["measurement_pass"] for e in log] == [e["step"] % 2 == 0 for e in log]
+    timed = [e["seconds"] - e["log_seconds"] for e in log if not e["measurement_pass"]]
+    assert summary["seconds_per_step"] == pytest.approx(sum(timed) / len(timed))
+    assert summary["seconds_per_step_all"] == pytest.approx(sum(e["seconds"] for e in log) / len(log))
     assert [e["step"] for e in logged] == [s for s in (0, 2) if log[s]["n_rec"] and log[s]["n_search"]]
     assert logged and all(set(e["cos_layers"]) == plain for e in logged)
     assert all(-1 <= c <= 1 for e in logged for c in e["cos_layers"].values())
