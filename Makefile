@@ -1,5 +1,5 @@
 # The two commands of the README. Both create .venv with the pinned dependencies first.
-.PHONY: setup run test dry-run lint bench
+.PHONY: setup run test dry-run lint bench report report-check reference
 
 setup:
 	bash scripts/setup.sh
@@ -18,3 +18,12 @@ lint: setup
 
 bench: setup  ## GEMS vs full fine-tuning vs LoRA seconds per step and memory (ratios from one run)
 	. .venv/bin/activate && python benchmarks/bench_gems.py
+
+report: setup  ## the HTML report of the default run (tables and figures with captions)
+	. .venv/bin/activate && snakemake --cores all report
+
+report-check: setup  ## open the default report in headless Chromium and check every figure renders
+	. .venv/bin/activate && pip install -q playwright==1.65.2 && python scripts/check_report.py results/default/report.html
+
+reference: setup  ## copy the default run's tables into results/reference with provenance (after `make run`)
+	. .venv/bin/activate && python scripts/publish_reference.py

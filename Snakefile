@@ -1,5 +1,7 @@
 # GEMS reproduction suite: `snakemake --cores all` runs the embedded default end to end.
 # Rules are thin: each calls a `python -m gemsbench.cli.<stage>` entry point that also runs on its own.
+# Named targets (main_table, ablation, sensitivity, conflict, knowledge, efficiency, figures, report, all):
+# workflow/rules/targets.smk.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -22,6 +24,13 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/retention.smk"
+include: "workflow/rules/sensitivity.smk"
+include: "workflow/rules/targets.smk"
+
+
+localrules:
+    all,
 
 
 rule all:
@@ -29,5 +38,10 @@ rule all:
     input:
         rules.main_table.output,
         rules.significance.output,
+        rules.ablation_table.output,
         rules.efficiency_table.output,
-        rules.figures.output,
+        rules.conflict_csv.output,
+        RETENTION_OUTPUTS,
+        SENSITIVITY_OUTPUTS,
+        PUBLISHED_FIGURES,
+        rules.report.output,

@@ -79,13 +79,14 @@ def dataset_dir(cache_root: Path) -> Path:
 def worker(args) -> dict:
     import torch
 
+    from gemsbench.config import method_entry
     from gemsbench.data.format import load_prepared
     from gemsbench.methods.base import RunContext
     from gemsbench.methods.registry import build_method
 
     config = default_config()
     name, overrides = VARIANTS[args.variant]
-    entry = config["methods"][name]
+    entry = method_entry(config, name)
     hparams = {**entry.get("hparams", {}), **overrides}
     method = build_method(entry["method"], hparams)
     configured_gap = method.hparams.get("update_gap")

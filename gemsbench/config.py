@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,14 @@ def _check_references(config: dict) -> None:
         if spec["method"] not in methods:
             raise ConfigError(f"config key 'methods/{run}/method': unknown method {spec['method']!r}; "
                               f"known: {methods}")
+    sweep_points(config)  # the sensitivity grid names hyper-parameters of its base entry, and no run twice
+    sensitivity = config.get("sensitivity") or {}
+    if sensitivity.get("grid"):
+        ks = config["evaluate"]["ks"]
+        for metric in sensitivity["metrics"]:
+            if int(metric.split("@")[1]) not in ks:
+                raise ConfigError(f"config key 'sensitivity/metrics': {metric!r} needs k = {metric.split('@')[1]} "
+                                  f"in evaluate.ks ({ks})")
 
 
 def load_config(path: str | Path) -> dict:
@@ -107,15 +116,16 @@ def runs(config: dict) -> list[Run]:
 
 
 def run_train_settings(config: dict, run: str) -> dict:
-    return {**config["train"], **config["methods"][run].get("train", {})}
+    return {**config["train"], **method_entry(config, run).get("train", {})}
 
 
 def run_spec(config: dict, r: Run) -> dict:
     """Everything that determines a run's result (used to name and invalidate it): the hyper-parameters are
     the method's defaults overlaid with the config's, so changing a default in the code reruns the run."""
     from .methods.registry import method_class
-    method = config["methods"][r.run]["method"]
-    hparams = {**method_class(method).defaults, **config["methods"][r.run].get("hparams", {})}
+    entry = method_entry(config, r.run)
+    method = entry["method"]
+    hparams = {**method_class(method).defaults, **entry.get("hparams", {})}
     return {"dataset": config["datasets"][r.dataset], "backbone": config["backbones"][r.backbone],
             "method": method, "hparams": hparams,
             "train": run_train_settings(config, r.run), "seed": r.seed}
@@ -123,3 +133,180 @@ def run_spec(config: dict, r: Run) -> dict:
 
 def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --- sensitivity sweeps ------------------------------------------------------------------------------------
+#: separates the base entry from the point in a sweep run's name: ``gems~rank-64``, ``gems~gate-fixed0.25``
+SWEEP_SEPARATOR = "~"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One point of the sensitivity grid: the base entry with ``overlay`` laid over its hyper-parameters.
+
+    ``param`` is the grid key (a hyper-parameter of the base entry's method), ``value`` the point's readable
+    label (table rows, figure axis, run name), ``run`` the run that measures it: the main-grid run of the base
+    entry for the base point (``base`` True, empty overlay), else ``{base}~{param}-{value}``."""
+    param: str
+    value: str
+    overlay: dict
+    run: str
+    base: bool
+
+
+def value_label(value) -> str:
+    """A hyper-parameter value as a short readable label: 64, 0.005, 2, fixed, true, 0.4,0.4,0.2."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(value_label(v) for v in value)
+    return str(value)
+
+
+def _joined_label(values) -> str:
+    """Labels of several values: run together where a word meets a number (fixed0.25), else joined by '_'."""
+    out = ""
+    for part in map(value_label, values):
+        glue = "" if not out or (out[-1].isalpha() and part[:1].isdigit()) else "_"
+        out += glue + part
+    return out
+
+
+def _plain(value):
+    """Tuples as lists, so hyper-parameters from code and from YAML compare equal."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _is_number(label: str) -> bool:
+    if "_" in label:  # float() reads 64_32 as 6432
+        return False
+    try:
+        float(label)
+    except ValueError:
+        return False
+    return True
+
+
+def sensitivity_seeds(config: dict) -> list[int]:
+    """Seeds of the sweep runs: ``sensitivity.seeds``, by default the first of ``seeds``."""
+    return list(config.get("sensitivity", {}).get("seeds") or config["seeds"][:1])
+
+
+def sweep_points(config: dict) -> list[SweepPoint]:
+    """Every point of the sensitivity grid, grid key by grid key: the base entry's own setting (the main-grid
+    run) and each listed value, numeric values in ascending order, others in the config's order after the base.
+    (Snakemake's steps read the resolved config, whose grid keys are sorted: the table lists them so.)
+
+    A listed value is either a scalar for the grid key's hyper-parameter or a mapping of several
+    hyper-parameters (optionally with a ``label``). A point whose hyper-parameters equal the base entry's is the
+    base point (no new run), repeated points count once. Raises ConfigError for a grid key or mapping key that
+    is not a hyper-parameter of the base entry's method, and for two points that would share a run name.
+    """
+    section = config.get("sensitivity") or {}
+    grid = section.get("grid") or {}
+    if not grid:
+        return []
+    base = section.get("base", "gems")
+    if base not in config["methods"]:
+        raise ConfigError(f"config key 'sensitivity/base': {base!r} is not an entry of `methods`; "
+                          f"known: {sorted(config['methods'])}")
+    from .methods.registry import method_class
+    entry = config["methods"][base]
+    defaults = method_class(entry["method"]).defaults
+    base_hparams = _plain({**defaults, **entry.get("hparams", {})})
+    known = sorted(defaults)
+
+    def check(key: str, where: str) -> None:
+        if key not in defaults:
+            raise ConfigError(f"config key {where!r}: {key!r} is not a hyper-parameter of method "
+                              f"{entry['method']!r} (sensitivity base {base!r}); known: {known}")
+
+    points: list[SweepPoint] = []
+    names: dict[str, dict] = {}
+    for param, values in grid.items():
+        check(param, f"sensitivity/grid/{param}")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"config key 'sensitivity/grid/{param}': a non-empty list of values")
+        own = [SweepPoint(param, value_label(base_hparams[param]), {}, base, True)]
+        for i, value in enumerate(values):
+            if isinstance(value, dict):
+                overlay = {k: v for k, v in value.items() if k != "label"}
+                if not overlay:
+                    raise ConfigError(f"config key 'sensitivity/grid/{param}/{i}': names no hyper-parameter")
+                for key in overlay:
+                    check(key, f"sensitivity/grid/{param}/{i}/{key}")
+                # the grid key's own value first, then the others by name: the resolved config the steps read
+                # has its mappings' keys sorted, and the label names the run
+                keys = sorted(overlay, key=lambda k: (k != param, k))
+                label = str(value.get("label") or _joined_label(overlay[k] for k in keys))
+            else:
+                overlay, label = {param: value}, value_label(value)
+            overlay = _plain(overlay)
+            if all(base_hparams[k] == v for k, v in overlay.items()) or any(p.overlay == overlay for p in own):
+                continue  # the base entry's own setting (its main-grid run), or a repeated point
+            run = f"{base}{SWEEP_SEPARATOR}{param}-{_UNSAFE.sub('_', label)}"
+            if run in names or run in config["methods"]:
+                raise ConfigError(f"config key 'sensitivity/grid/{param}/{i}': run name {run!r} is taken (by "
+                                  f"{'a methods entry' if run in config['methods'] else names[run]}); give the "
+                                  "point a distinct `label`")
+            names[run] = overlay
+            own.append(SweepPoint(param, label, overlay, run, False))
+        if all(_is_number(p.value) for p in own):
+            own.sort(key=lambda p: float(p.value))
+        points += own
+    return points
+
+
+def sweep_entries(config: dict) -> dict[str, dict]:
+    """Sweep run name -> its method entry: the base entry with the point's hyper-parameters overlaid."""
+    points = sweep_points(config)
+    if not points:
+        return {}
+    base = next(p.run for p in points if p.base)
+    entry = config["methods"][base]
+    out = {}
+    for point in points:
+        if point.base:
+            continue
+        out[point.run] = {**entry, "hparams": {**entry.get("hparams", {}), **point.overlay},
+                          "label": f"{entry.get('label', base)} ({point.param} {point.value})"}
+    return out
+
+
+def method_entry(config: dict, run: str) -> dict:
+    """The method entry of a run name: a ``methods`` entry (the main grid), or a sensitivity sweep run's
+    (``{base}~{param}-{value}``: the base entry with the point's hyper-parameters). The one place a run name
+    is resolved; a main-grid run gets its entry itself, unchanged."""
+    if run in config["methods"]:
+        return config["methods"][run]
+    sweeps = sweep_entries(config)
+    if run not in sweeps:
+        raise ConfigError(f"run {run!r} is neither an entry of the config's `methods` ({sorted(config['methods'])}) "
+                          f"nor a sensitivity sweep run ({sorted(sweeps)})")
+    return sweeps[run]
+
+
+def sweep_runs(config: dict) -> list[Run]:
+    """The sensitivity sweep's extra runs (not in :func:`runs`): every dataset x its backbones x every
+    non-base point x ``sensitivity_seeds``."""
+    extra = [p.run for p in sweep_points(config) if not p.base]
+    return [Run(ds, bb, run, seed) for ds in config["datasets"] for bb in dataset_backbones(config, ds)
+            for run in extra for seed in sensitivity_seeds(config)]
+
+
+def sensitivity_runs(config: dict) -> list[Run]:
+    """Every run the sensitivity table reads: the base entry's main-grid runs for the sweep seeds, then the
+    sweep runs; empty without a grid."""
+    points = sweep_points(config)
+    if not points:
+        return []
+    base = next(p.run for p in points if p.base)
+    return [Run(ds, bb, base, seed) for ds in config["datasets"] for bb in dataset_backbones(config, ds)
+            for seed in sensitivity_seeds(config)] + sweep_runs(config)

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 COLUMN_WIDTH_IN = 3.3
 PNG_DPI = 300
@@ -200,6 +201,44 @@ def conflict_figure(per_step: pd.DataFrame, per_run: pd.DataFrame, stem: Path, t
         return save(fig, stem)
 
 
+#: which targeted layer types form the attention and the MLP panel of the per-layer conflict figure
+ATTENTION_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "q", "k", "v", "o")
+
+
+def conflict_layers_figure(layers: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
+    """Search/rec gradient cosine per block, averaged over the logged steps, the seeds and the targeted matrices
+    of the block (attention panel: q/k/v/o; MLP panel: the rest), one line per method. ``layers`` is
+    conflict_layers.csv (tables.collect_layer_conflict)."""
+    with matplotlib.rc_context(STYLE):
+        if layers.empty or layers["depth"].isna().all():
+            fig = _figure(1.0)
+            ax = fig.add_subplot()
+            ax.axis("off")
+            ax.text(0.5, 0.5, "no per-layer gradient cosines logged\n(set train.conflict_every > 0)",
+                    ha="center", va="center", transform=ax.transAxes)
+            return save(fig, stem)
+        layers = layers.assign(part=layers["layer_type"].map(lambda t: "Attention" if t in ATTENTION_TYPES
+                                                             else "MLP"))
+        runs = _runs(layers)
+        fig = _figure(1.7)
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, part in zip(axes, ("Attention", "MLP")):
+            ax.axhline(0.0, color="0.5", lw=0.6, ls="--")
+            sub = layers[layers["part"] == part]
+            for run, _ in runs:
+                curve = sub[sub["run"] == run].groupby("depth")["mean_cosine"].mean()
+                if not curve.empty:
+                    ax.plot(curve.index, curve.to_numpy(), color=method_colour(run), marker="o", markersize=1.5)
+            ax.set_xlabel("Block (depth)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            # the dataset line above the first panel only; the panel names share the second line
+            first = ax is axes[0]
+            ax.set_title(f"{title if first else ''}\n{part}" if title else part, fontsize=7, loc="left")
+        axes[0].set_ylabel("Mean cos(∇search, ∇rec)")
+        _legend(fig, runs, kind="line")
+        return save(fig, stem)
+
+
 def sensitivity_figure(df: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
     """Metric against a hyper-parameter's value, one line per task with a ±1 std band over seeds.
 
@@ -223,7 +262,7 @@ def sensitivity_figure(df: pd.DataFrame, stem: Path, title: str = "") -> list[Pa
             if categorical:
                 order = list(dict.fromkeys(sub["value"].astype(str)))
                 x_of = {v: i for i, v in enumerate(order)}
-                ax.set_xticks(range(len(order)), order)
+                ax.set_xticks(range(len(order)), order, rotation=30, ha="right")  # labels such as fixed0.25
             for task in [t for t in TASK_ORDER if t in set(sub["task"])] + sorted(set(sub["task"]) - set(TASK_ORDER)):
                 t = sub[sub["task"] == task].copy()
                 t["x"] = t["value"].astype(str).map(x_of) if categorical else pd.to_numeric(t["value"])
@@ -238,7 +277,36 @@ def sensitivity_figure(df: pd.DataFrame, stem: Path, title: str = "") -> list[Pa
         for ax in axes[len(panels):]:
             ax.set_visible(False)
         handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside upper center", ncol=len(labels), frameon=False)
+        # the title heads the legend: a suptitle and an outside legend would share the top edge
+        fig.legend(handles, labels, loc="outside upper center", ncol=len(labels), frameon=False,
+                   title=title or None, title_fontsize=8)
+        return save(fig, stem)
+
+
+def knowledge_figure(summary: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
+    """Knowledge retention per method (rows of knowledge.csv for one dataset and backbone): the relative change
+    of the perplexity on held-out Wikipedia articles and the change of the factual cloze accuracy against the
+    pre-trained backbone, ±1 std over seeds; the zero line is the backbone itself."""
+    missing = {"run", "label", "seeds", "ppl_rel_change_mean", "ppl_rel_change_std", "cloze_change_mean",
+               "cloze_change_std"} - set(summary.columns)
+    if missing:
+        raise ValueError(f"knowledge table lacks columns {sorted(missing)}; make it with aggregate --table knowledge")
+    panels = [("ppl_rel_change", "Perplexity change\non held-out text (%)"),
+              ("cloze_change", "Cloze accuracy\nchange (pp)")]
+    runs = _runs(summary)
+    y = np.arange(len(runs))[::-1]
+    with matplotlib.rc_context(STYLE):
+        fig = _figure(1.0 + 0.2 * len(runs))  # two-line axis labels
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, (quantity, xlabel) in zip(axes, panels):
+            ax.axvline(0.0, color="0.5", lw=0.6, ls="--")
+            for yi, (run, _) in zip(y, runs):
+                r = summary[summary["run"] == run].iloc[0]
+                err = 100 * float(r[f"{quantity}_std"]) if int(r["seeds"]) > 1 else 0.0
+                ax.barh(yi, 100 * float(r[f"{quantity}_mean"]), 0.7, xerr=err, color=method_colour(run),
+                        error_kw={"elinewidth": 0.6, "capsize": 1.5})
+            ax.set_xlabel(xlabel)
+        axes[0].set_yticks(y, [label for _, label in runs])
         if title:
             fig.suptitle(title, fontsize=8)
         return save(fig, stem)

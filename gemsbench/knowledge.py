@@ -247,8 +247,9 @@ def layer_type_summary(rows: Iterable[Mapping]) -> list[dict]:
 def run_knowledge_space(config: Mapping, run: str) -> KnowledgeSpace | None:
     """The knowledge space a config's run needs before training, or None when its method uses no null space
     (methods say so with a ``needs_knowledge_space`` class attribute). The DAG's train rule uses it."""
+    from .config import method_entry
     from .methods.registry import build_method
 
-    entry = config["methods"][run]
+    entry = method_entry(config, run)
     method = build_method(entry["method"], entry.get("hparams", {}))
     return method.knowledge_space() if getattr(method, "needs_knowledge_space", False) else None

@@ -12,14 +12,15 @@ from matplotlib.image import imread
 
 from gemsbench.cli.figures import run as draw
 from gemsbench.figures import COLUMN_WIDTH_IN, METHOD_COLOURS, PNG_DPI, method_colour
-from gemsbench.tables import collect_conflict, collect_efficiency, efficiency_markdown, efficiency_summary
+from gemsbench.tables import (ablation_summary, collect_conflict, collect_efficiency, collect_layer_conflict,
+                              conflict_markdown, efficiency_markdown, efficiency_summary)
 
 RUNS = [("gems", "GEMS", "gems"), ("lora", "LoRA", "lora"), ("popularity", "Popularity", "popularity")]
 
 
 def figure_args(out_dir, **csvs):
     defaults = {"metric": "ndcg@10", "main": None, "efficiency": None, "conflict": None, "conflict_summary": None,
-                "sensitivity": []}
+                "conflict_layers": None, "knowledge": None, "sensitivity": []}
     return argparse.Namespace(out_dir=str(out_dir), **{**defaults, **csvs})
 
 
@@ -49,9 +50,14 @@ def tables(tmp_path):
                            "std": 0.01} for i, v in enumerate((4, 16, 64, 512)) for t in ("search", "rec")] +
                          [{"param": "side", "value": v, "task": t, "metric": "ndcg@10", "mean": 0.3, "std": 0.02}
                           for v in ("input", "output") for t in ("search", "rec")])
+    layers = pd.DataFrame([{"dataset": "d", "backbone": "b", "run": r, "label": lab, "method": m,
+                            "layer": f"model.layers.{k}.{kind}", "layer_type": kind.rsplit(".", 1)[-1], "depth": k,
+                            "mean_cosine": 0.1 * k - 0.2, "negative_fraction": 0.5, "n": 6}
+                           for r, lab, m in RUNS[:2] for k in range(4)
+                           for kind in ("self_attn.q_proj", "mlp.down_proj")])
     paths = {}
     for name, df in (("main", main), ("efficiency", eff), ("conflict", steps), ("conflict_summary", per_run),
-                     ("sweep_rank", sweep)):
+                     ("sweep_rank", sweep), ("conflict_layers", layers)):
         paths[name] = tmp_path / f"{name}.csv"
         df.to_csv(paths[name], index=False)
     return paths
@@ -60,8 +66,10 @@ def tables(tmp_path):
 def test_every_figure_is_written_as_pdf_and_png_from_csvs(tmp_path, tables):
     out = tmp_path / "figures"
     written = draw(figure_args(out, main=tables["main"], efficiency=tables["efficiency"], conflict=tables["conflict"],
-                               conflict_summary=tables["conflict_summary"], sensitivity=[tables["sweep_rank"]]))
-    stems = ["main_d_b_sampled", "main_d_b_full", "efficiency_d_b", "conflict_d_b", "sweep_rank"]
+                               conflict_summary=tables["conflict_summary"], conflict_layers=tables["conflict_layers"],
+                               sensitivity=[tables["sweep_rank"]]))
+    stems = ["main_d_b_sampled", "main_d_b_full", "efficiency_d_b", "conflict_d_b", "conflict_layers_d_b",
+             "sweep_rank"]
     assert sorted(p.name for p in written) == sorted(f"{s}.{e}" for s in stems for e in ("pdf", "png"))
     for stem in stems:
         assert_figure(out / stem)
@@ -123,10 +131,46 @@ def test_conflict_collector_counts_negative_cosines_per_seed(tmp_path):
 
 def test_efficiency_table_converts_units_and_leaves_missing_quantities_blank(tmp_path):
     costs = {"trainable_parameters": 2_000_000, "optimizer_state_bytes": 3 * 2 ** 20, "peak_memory_bytes": 2 ** 31,
-             "seconds_per_step": 1.25, "targets_per_second": 40.0, "train_seconds": 600.0, "device": "cpu"}
+             "seconds_per_step": 1.25, "targets_per_second": 40.0, "train_seconds": 600.0, "device": "cpu",
+             "units": 63, "spec": {"train": {"batch_size": 8, "grad_accum": 2}}}  # 4 steps per epoch
     paths = [write_run(tmp_path, "lora", "lora", 1, costs),
+             write_run(tmp_path, "gems", "gems", 1, {**costs, "seconds_per_step": 2.5}),
              write_run(tmp_path, "popularity", "popularity", 1, {"trainable_parameters": 0, "train_seconds": 0.0})]
     summary = efficiency_summary(collect_efficiency(paths, {"lora": "LoRA"}))
     md = efficiency_markdown(summary, "Training cost · d · b · cpu")
-    assert "| LoRA | 2.00 | 3.0 | 2.00 | 1.25 | 40.0 | 10.0 |" in md
-    assert "| popularity | 0.00 | – | – | – | – | 0.0 |" in md
+    # time per epoch: 4 steps × 1.25 s = 5 s = 0.083 min; GEMS's step takes 2× LoRA's
+    assert "| LoRA | 2.00 | 3.0 | 2.00 | 1.25 | 1.00 | 0.1 | 40.0 | 10.0 |" in md
+    assert "| gems | 2.00 | 3.0 | 2.00 | 2.50 | 2.00 | 0.2 | 40.0 | 10.0 |" in md
+    assert "| popularity | 0.00 | – | – | – | – | – | – | 0.0 |" in md
+
+
+def test_per_layer_and_subspace_conflict_from_the_logs(tmp_path):
+    q, d = "model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"
+    log1 = [{"step": 0, "cos_rec_search": -0.2, "cos_layers": {q: -0.5, d: 0.1}, "cos_shared": -0.1, "cos_task": 0.3},
+            {"step": 1},  # not a conflict step
+            {"step": 2, "cos_rec_search": 0.4, "cos_layers": {q: 0.3, d: 0.2}, "cos_shared": 0.2, "cos_task": -0.1}]
+    log2 = [{"step": 0, "cos_rec_search": 0.1, "cos_layers": {q: -0.1, d: -0.3}}]  # no subspace cosines (not GEMS)
+    paths = [write_run(tmp_path, "gems", "gems", 1, {}, log1), write_run(tmp_path, "lora", "lora", 1, {}, log2)]
+    layers = collect_layer_conflict(paths, {"gems": "GEMS"}).set_index(["run", "layer"])
+    assert layers.loc[("gems", q), "mean_cosine"] == pytest.approx(-0.1)
+    assert layers.loc[("gems", q), "negative_fraction"] == pytest.approx(0.5)
+    assert layers.loc[("gems", d), "n"] == 2 and layers.loc[("lora", d), "negative_fraction"] == 1.0
+    assert layers.loc[("gems", d), "layer_type"] == "down_proj" and layers.loc[("gems", d), "depth"] == 1
+    per_step, per_run = collect_conflict(paths, {"gems": "GEMS"})
+    gems = per_run.set_index("run").loc["gems"]
+    assert gems["negative_fraction_shared"] == 0.5 and gems["negative_fraction_task"] == 0.5
+    assert pd.isna(per_run.set_index("run").loc["lora", "negative_fraction_shared"])
+    md = conflict_markdown(per_run, "t")
+    assert "| GEMS | 2 | 0.50 | 0.100 | 0.50 | 0.50 |" in md and "| lora | 1 | 0.00 | 0.100 | – | – |" in md
+
+
+def test_ablation_rows_name_the_components_each_keeps():
+    summary = pd.DataFrame([{"dataset": "d", "backbone": "b", "protocol": "sampled", "run": m, "label": m.upper(),
+                             "method": m, "task": "rec", "metric": "ndcg@10", "mean": 0.1, "std": 0.0, "seeds": 1}
+                            for m in ("lora", "galore", "gems", "gems_no_msd", "gems_no_nsp")])
+    out = ablation_summary(summary)
+    assert list(out["method"]) == ["gems", "gems_no_nsp", "gems_no_msd", "galore"]  # lora is no ablation
+    assert list(out["label"]) == ["GEMS (MSD yes, NSP yes)", "GEMS_NO_NSP (MSD yes, NSP no)",
+                                  "GEMS_NO_MSD (MSD no, NSP yes)", "GALORE (MSD no, NSP no)"]
+    with pytest.raises(ValueError, match="needs GEMS and its ablations"):
+        ablation_summary(summary[summary["method"] == "lora"])

@@ -5,7 +5,15 @@
   ``gemsbench.cli.significance``) its cells carry † / ‡ markers.
 * ``--table efficiency``: training summaries -> training cost per run (``efficiency.{csv,md,tex}``).
 * ``--table conflict``: training summaries -> the search/rec gradient cosines logged beside them
-  (``conflict.csv`` per step, ``conflict_summary.csv`` with the share of steps with a negative cosine per run).
+  (``conflict.csv`` per step, ``conflict_summary.csv`` and ``conflict.md`` with the share of steps with a negative
+  cosine per run, ``conflict_layers.csv`` per targeted matrix).
+* ``--table ablation``: the main table's CSV (``--main``) -> GEMS and its ablations with the components each
+  keeps (``ablation.{csv,md,tex}``).
+* ``--table sensitivity``: evaluation summaries of the sensitivity sweep runs and of the base entry's main-grid
+  runs -> metric per grid point, task and protocol over the sweep seeds (``sensitivity.{csv,md,tex}``).
+* ``--table knowledge``: retention JSONs of the runs and of their pre-trained backbones (gemsbench.cli.retention,
+  run and ``--base`` mode) -> perplexity and cloze accuracy before / after fine-tuning per run
+  (``knowledge.{csv,md,tex}``).
 """
 from __future__ import annotations
 
@@ -15,9 +23,12 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import load_config
-from ..tables import (collect, collect_conflict, collect_efficiency, efficiency_latex, efficiency_markdown,
+from ..sensitivity import sensitivity_latex, sensitivity_markdown, sensitivity_note, sensitivity_table
+from ..tables import (ABLATION_NOTE, ablation_summary, collect, collect_conflict, collect_efficiency,
+                      collect_layer_conflict, conflict_markdown, efficiency_latex, efficiency_markdown,
                       efficiency_summary, efficiency_title, latex_table, markdown_table, seed_summary,
                       significance_note, with_markers, write_text_atomic)
+from ..tables import collect_knowledge, knowledge_latex, knowledge_markdown, knowledge_summary, knowledge_title
 from .common import main, parser
 
 log = logging.getLogger(__name__)
@@ -59,11 +70,61 @@ def conflict_tables(labels: dict[str, str], summaries: list[Path], out: Path):
     per_step, per_run = collect_conflict(summaries, labels)
     write_text_atomic(out / "conflict.csv", per_step.to_csv(index=False))
     write_text_atomic(out / "conflict_summary.csv", per_run.to_csv(index=False))
+    write_text_atomic(out / "conflict_layers.csv", collect_layer_conflict(summaries, labels).to_csv(index=False))
+    write_text_atomic(out / "conflict.md", "\n".join(
+        conflict_markdown(grp, f"Search/recommendation gradient conflict · {dataset} · {backbone}")
+        for (dataset, backbone), grp in per_run.groupby(["dataset", "backbone"], sort=False)))
     silent = per_run.loc[per_run["steps_logged"] == 0, "run"].tolist()
     if silent:
         log.info("no gradient cosines logged for %s (an LLM method logs them every train.conflict_every steps, "
                  "or at every step when it uses task gradients)", silent)
     print(f"gradient conflict: {out / 'conflict.csv'} ({len(per_step)} logged steps)")
+
+
+def ablation_table(config: dict, main_csv: Path, out: Path):
+    main = pd.read_csv(main_csv)
+    if "marker" in main:
+        main["marker"] = main["marker"].fillna("")
+    summary = ablation_summary(main)
+    write_text_atomic(out / "ablation.csv", summary.to_csv(index=False))
+    md, tex = [], []
+    for (dataset, backbone, protocol), grp in summary.groupby(["dataset", "backbone", "protocol"], sort=False):
+        title = f"Ablation · {dataset} · {backbone} · {protocol} protocol · {config['evaluate']['split']} split"
+        md.append(markdown_table(grp, config["tables"]["metrics"], title, ABLATION_NOTE))
+        tex.append(latex_table(grp, config["tables"]["metrics"], title, ABLATION_NOTE))
+    write_text_atomic(out / "ablation.md", "\n".join(md))
+    write_text_atomic(out / "ablation.tex", "\n".join(tex))
+    print(f"ablation table: {out / 'ablation.md'}")
+
+
+def sensitivity_tables(config: dict, summaries: list[Path], out: Path):
+    table = sensitivity_table(config, summaries)
+    write_text_atomic(out / "sensitivity.csv", table.to_csv(index=False))
+    base = config["sensitivity"]["base"]
+    note = sensitivity_note(config)
+    md, tex = [], []
+    for (dataset, backbone, protocol), grp in table.groupby(["dataset", "backbone", "protocol"], sort=False):
+        title = (f"Sensitivity of {config['methods'][base].get('label', base)} · {dataset} · {backbone} · "
+                 f"{protocol} protocol · {config['evaluate']['split']} split")
+        md.append(sensitivity_markdown(grp, title, note))
+        tex.append(sensitivity_latex(grp, title, note))
+    write_text_atomic(out / "sensitivity.md", "\n".join(md))
+    write_text_atomic(out / "sensitivity.tex", "\n".join(tex))
+    print(f"sensitivity table: {out / 'sensitivity.md'} ({len(table[['param', 'value']].drop_duplicates())} points)")
+
+
+def knowledge_table(labels: dict[str, str], retention_paths: list[Path], out: Path):
+    per_seed, _ = collect_knowledge(retention_paths, labels)
+    summary = knowledge_summary(per_seed)
+    write_text_atomic(out / "knowledge.csv", summary.to_csv(index=False))
+    md, tex = [], []
+    for (dataset, backbone), grp in summary.groupby(["dataset", "backbone"], sort=False):
+        title = knowledge_title(grp, dataset, backbone)
+        md.append(knowledge_markdown(grp, title))
+        tex.append(knowledge_latex(grp, title))
+    write_text_atomic(out / "knowledge.md", "\n".join(md))
+    write_text_atomic(out / "knowledge.tex", "\n".join(tex))
+    print(f"knowledge table: {out / 'knowledge.md'}")
 
 
 def run(args) -> None:
@@ -74,19 +135,33 @@ def run(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.significance and args.table != "main":
         raise ValueError("--significance only applies to --table main")
+    if args.table == "ablation":
+        if not args.main:
+            raise ValueError("--table ablation reads the main table: pass --main results/.../tables/main.csv")
+        ablation_table(config, Path(args.main), out)
+        return
+    if not summaries:
+        raise ValueError(f"--table {args.table} needs --summaries (the runs' summary JSON files)")
     if args.table == "main":
         main_table(config, labels, summaries, out, args.significance)
     elif args.table == "efficiency":
         efficiency_table(labels, summaries, out)
+    elif args.table == "sensitivity":
+        sensitivity_tables(config, summaries, out)
+    elif args.table == "knowledge":
+        knowledge_table(labels, summaries, out)
     else:
         conflict_tables(labels, summaries, out)
 
 
 if __name__ == "__main__":
     p = parser(__doc__)
-    p.add_argument("--table", choices=["main", "efficiency", "conflict"], default="main")
-    p.add_argument("--summaries", nargs="+", required=True,
-                   help="evaluation summary JSON files (main) or training summary.json files (efficiency, conflict)")
+    p.add_argument("--table", choices=["main", "efficiency", "conflict", "ablation", "sensitivity",
+                                        "knowledge"], default="main")
+    p.add_argument("--main", help="the main table's CSV (--table ablation)")
+    p.add_argument("--summaries", nargs="+", default=[],
+                   help="evaluation summary JSON files (main, sensitivity) or training summary.json files "
+                        "(efficiency, conflict) or retention JSONs of runs and bases (knowledge)")
     p.add_argument("--significance", help="significance CSV from gemsbench.cli.significance (main table markers)")
     p.add_argument("--out-dir", required=True)
     main(run, p.parse_args())

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..backbone import BackboneError
-from ..config import ConfigError, Run, load_config, run_train_settings
+from ..config import ConfigError, Run, load_config, method_entry, run_train_settings
 from ..data.format import DataFormatError, load_prepared
 from ..methods.base import RunContext
 from ..train import TrainingError
@@ -29,7 +29,9 @@ def parser(description: str) -> argparse.ArgumentParser:
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--backbone", required=True)
-    p.add_argument("--run", required=True, help="run name: a key of `methods` in the config")
+    p.add_argument("--run", required=True,
+                   help="run name: a key of `methods` in the config, or a sensitivity sweep run "
+                        "({base}~{param}-{value})")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--data", required=True, help="prepared dataset directory")
     p.add_argument("--run-dir", required=True, help="directory of this run (checkpoints, logs)")
@@ -51,15 +53,16 @@ def main(fn, args: argparse.Namespace) -> None:
 
 def config_and_run(args) -> tuple[dict, Run]:
     config = load_config(args.config)
-    for key, section in (("dataset", "datasets"), ("backbone", "backbones"), ("run", "methods")):
+    for key, section in (("dataset", "datasets"), ("backbone", "backbones")):
         if getattr(args, key) not in config[section]:
             raise ConfigError(f"{key} {getattr(args, key)!r} is not in the config's `{section}`; "
                               f"known: {sorted(config[section])}")
+    method_entry(config, args.run)  # a main-grid or sensitivity sweep run, or a ConfigError naming both
     return config, Run(args.dataset, args.backbone, args.run, args.seed)
 
 
 def run_context(config: dict, run: Run, data_dir: str, run_dir: str) -> RunContext:
-    spec = config["methods"][run.run]
+    spec = method_entry(config, run.run)
     backbone = {**config["backbones"][run.backbone], "cache_root": config["cache_dir"]}
     return RunContext(dataset=load_prepared(Path(data_dir)), run_dir=Path(run_dir), seed=run.seed,
                       hparams=spec.get("hparams", {}), train=run_train_settings(config, run.run),

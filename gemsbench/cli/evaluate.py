@@ -5,6 +5,7 @@ import logging
 import time
 from pathlib import Path
 
+from ..config import method_entry
 from ..data.format import atomic_write_json, atomic_write_parquet
 from ..evaluate import evaluate, evaluation_subset, summarise
 from ..methods.registry import build_method
@@ -16,14 +17,14 @@ log = logging.getLogger(__name__)
 def run(args) -> None:
     config, r = config_and_run(args)
     ctx = run_context(config, r, args.data, args.run_dir)
-    method = build_method(config["methods"][r.run]["method"], ctx.hparams)
+    method = build_method(method_entry(config, r.run)["method"], ctx.hparams)
     ctx.hparams = method.hparams
     ev = config["evaluate"]
     t0 = time.time()
     scorer = method.load_scorer(ctx)
     examples = evaluation_subset(ctx.dataset.splits[ev["split"]], ev["max_examples_per_task"])
     rows = evaluate(scorer, examples, ev["protocols"], ev["ks"], desc=f"evaluate {r.path}")
-    summary = {"run": r.run, "method": config["methods"][r.run]["method"], "dataset": r.dataset,
+    summary = {"run": r.run, "method": method_entry(config, r.run)["method"], "dataset": r.dataset,
                "backbone": r.backbone, "seed": r.seed, "split": ev["split"], "metrics": summarise(rows, ev["ks"]),
                "eval_seconds": round(time.time() - t0, 2), "examples": len(examples)}
     atomic_write_parquet(rows, Path(args.rows))

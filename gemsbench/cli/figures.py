@@ -7,6 +7,9 @@ Each CSV given draws its figures into --out-dir, as PDF and PNG:
 * --conflict conflict.csv --conflict-summary conflict_summary.csv
                                        -> conflict_{dataset}_{backbone}         (gradient cosines, negative share)
 * --sensitivity sweep.csv [...]        -> {csv name}                            (metric vs hyper-parameter value)
+                                          {csv name}_{dataset}_{backbone}        (tables with those columns, e.g.
+                                          aggregate --table sensitivity's; its sampled protocol where evaluated)
+* --knowledge knowledge.csv            -> knowledge_{dataset}_{backbone}        (perplexity and cloze change)
 
 It deliberately avoids importing the training stack (torch, transformers), so redrawing takes seconds.
 """
@@ -19,7 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..figures import conflict_figure, efficiency_figure, main_results_figure, sensitivity_figure
+from ..figures import (conflict_figure, conflict_layers_figure, efficiency_figure, main_results_figure,
+                       sensitivity_figure)
+from ..figures import knowledge_figure
 
 
 def _read(path: str) -> pd.DataFrame:
@@ -28,7 +33,24 @@ def _read(path: str) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def sensitivity_figures(table: pd.DataFrame, stem: Path) -> list[Path]:
+    """One figure per dataset and backbone when the table has those columns (``{stem}_{dataset}_{backbone}``),
+    drawn on one protocol (sampled where present) when it has a protocol column; else one figure ``stem``."""
+    if not {"dataset", "backbone"} <= set(table.columns):
+        return sensitivity_figure(table, stem)
+    written = []
+    for (ds, bb), grp in table.groupby(["dataset", "backbone"], sort=False):
+        title = f"{ds} · {bb}"
+        if "protocol" in grp:
+            protocol = "sampled" if (grp["protocol"] == "sampled").any() else grp["protocol"].iloc[0]
+            grp, title = grp[grp["protocol"] == protocol], f"{title} · {protocol} protocol"
+        written += sensitivity_figure(grp, stem.with_name(f"{stem.name}_{ds}_{bb}"), title=title)
+    return written
+
+
 def run(args) -> list[Path]:
+    if args.conflict_layers and not args.conflict:
+        raise ValueError("--conflict-layers goes with --conflict and --conflict-summary")
     if (args.conflict is None) != (args.conflict_summary is None):
         raise ValueError("--conflict and --conflict-summary go together (both written by aggregate --table conflict)")
     out = Path(args.out_dir)
@@ -45,10 +67,18 @@ def run(args) -> list[Path]:
         for (ds, bb), grp in per_run.groupby(["dataset", "backbone"], sort=False):
             steps = per_step[(per_step["dataset"] == ds) & (per_step["backbone"] == bb)]
             written += conflict_figure(steps, grp, out / f"conflict_{ds}_{bb}", title=f"{ds} · {bb}")
+            if args.conflict_layers:  # one figure per group of the summary, also when no layer was logged
+                layers = _read(args.conflict_layers)
+                layers = layers[(layers["dataset"] == ds) & (layers["backbone"] == bb)]
+                written += conflict_layers_figure(layers, out / f"conflict_layers_{ds}_{bb}", title=f"{ds} · {bb}")
     for path in args.sensitivity:
-        written += sensitivity_figure(_read(path), out / Path(path).stem)
+        written += sensitivity_figures(_read(path), out / Path(path).stem)
+    if args.knowledge:
+        for (ds, bb), grp in _read(args.knowledge).groupby(["dataset", "backbone"], sort=False):
+            written += knowledge_figure(grp, out / f"knowledge_{ds}_{bb}", title=f"{ds} · {bb}")
     if not written:
-        raise ValueError("no table given: pass at least one of --main, --efficiency, --conflict, --sensitivity")
+        raise ValueError("no table given: pass at least one of --main, --efficiency, --conflict, --sensitivity, "
+                         "--knowledge")
     print(f"figures: {len(written)} files in {out}")
     return written
 
@@ -61,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--efficiency", help="efficiency.csv from aggregate --table efficiency")
     p.add_argument("--conflict", help="conflict.csv from aggregate --table conflict")
     p.add_argument("--conflict-summary", help="conflict_summary.csv from aggregate --table conflict")
+    p.add_argument("--conflict-layers", help="conflict_layers.csv from aggregate --table conflict")
     p.add_argument("--sensitivity", nargs="*", default=[], help="CSV(s) with param, value, task, metric, mean, std")
+    p.add_argument("--knowledge", help="knowledge.csv from aggregate --table knowledge")
     p.add_argument("--verbose", action="store_true", help="full tracebacks")
     return p
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import digest, run_spec
+from ..config import digest, method_entry, run_spec
 from ..data.format import atomic_write_json
 from ..methods.registry import build_method
 from .common import add_run_args, config_and_run, main, parser, run_context
@@ -27,7 +27,7 @@ def git_commit() -> str:
 def run(args) -> None:
     config, r = config_and_run(args)
     ctx = run_context(config, r, args.data, args.run_dir)
-    method = build_method(config["methods"][r.run]["method"], ctx.hparams)
+    method = build_method(method_entry(config, r.run)["method"], ctx.hparams)
     ctx.hparams = method.hparams
     torch.manual_seed(r.seed)
     summary = method.fit(ctx)

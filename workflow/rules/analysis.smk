@@ -20,6 +20,7 @@ ANALYSIS_MAIN_FIGURES = [
 ]
 ANALYSIS_EFFICIENCY_FIGURES = [f"{ANALYSIS_FIGURES}/efficiency_{ds}_{bb}" for ds, bb in ANALYSIS_GROUPS]
 ANALYSIS_CONFLICT_FIGURES = [f"{ANALYSIS_FIGURES}/conflict_{ds}_{bb}" for ds, bb in ANALYSIS_GROUPS]
+ANALYSIS_CONFLICT_LAYER_FIGURES = [f"{ANALYSIS_FIGURES}/conflict_layers_{ds}_{bb}" for ds, bb in ANALYSIS_GROUPS]
 
 
 # seconds of work each: run them on the submitting machine rather than queueing cluster jobs
@@ -27,7 +28,8 @@ localrules:
     significance,
     efficiency_table,
     conflict_csv,
-    figures,
+    ablation_table,
+    analysis_figures,
 
 
 rule significance:
@@ -88,6 +90,8 @@ rule conflict_csv:
             caption="../report/conflict_summary.rst",
             category="Tables",
         ),
+        layers=f"{ANALYSIS_TABLES}/conflict_layers.csv",
+        md=f"{ANALYSIS_TABLES}/conflict.md",
     params:
         config=CONFIG,
         out=lambda w, output: os.path.dirname(output[0]),
@@ -99,7 +103,26 @@ rule conflict_csv:
         "--out-dir {params.out} > {log} 2>&1"
 
 
-rule figures:
+rule ablation_table:
+    conda:
+        "../envs/gemsbench.yaml"
+    input:
+        main=f"{ANALYSIS_TABLES}/main.csv",
+    output:
+        csv=report(f"{ANALYSIS_TABLES}/ablation.csv", caption="../report/ablation_table.rst", category="Tables"),
+        md=f"{ANALYSIS_TABLES}/ablation.md",
+        tex=f"{ANALYSIS_TABLES}/ablation.tex",
+    params:
+        config=CONFIG,
+        out=lambda w, output: os.path.dirname(output.csv),
+    log:
+        f"{RESULTS}/logs/analysis/ablation_table.log",
+    shell:
+        "python -m gemsbench.cli.aggregate --config {params.config} --table ablation --main {input.main} "
+        "--out-dir {params.out} > {log} 2>&1"
+
+
+rule analysis_figures:
     conda:
         "../envs/gemsbench.yaml"
     input:
@@ -107,6 +130,7 @@ rule figures:
         efficiency=rules.efficiency_table.output.csv,
         conflict=rules.conflict_csv.output.steps,
         conflict_summary=rules.conflict_csv.output.runs,
+        conflict_layers=rules.conflict_csv.output.layers,
     output:
         main_pdf=[f"{stem}.pdf" for stem in ANALYSIS_MAIN_FIGURES],
         main_png=report(
@@ -126,11 +150,17 @@ rule figures:
             caption="../report/figure_conflict.rst",
             category="Figures",
         ),
+        conflict_layers_pdf=[f"{stem}.pdf" for stem in ANALYSIS_CONFLICT_LAYER_FIGURES],
+        conflict_layers_png=report(
+            [f"{stem}.png" for stem in ANALYSIS_CONFLICT_LAYER_FIGURES],
+            caption="../report/figure_conflict_layers.rst",
+            category="Figures",
+        ),
     params:
         out=lambda w, output: os.path.dirname(output[0]),
     log:
-        f"{RESULTS}/logs/analysis/figures.log",
+        f"{RESULTS}/logs/analysis/analysis_figures.log",
     shell:
         "python -m gemsbench.cli.figures --out-dir {params.out} --main {input.main} "
         "--efficiency {input.efficiency} --conflict {input.conflict} "
-        "--conflict-summary {input.conflict_summary} > {log} 2>&1"
+        "--conflict-summary {input.conflict_summary} --conflict-layers {input.conflict_layers} > {log} 2>&1"

@@ -5,7 +5,17 @@ import sys
 from snakemake.utils import validate as snakemake_validate
 
 from gemsbench.knowledge import run_knowledge_space
-from gemsbench.config import ConfigError, SCHEMA_PATH, Run, digest, run_spec, runs, validate
+from gemsbench.config import (
+    ConfigError,
+    SCHEMA_PATH,
+    Run,
+    digest,
+    run_spec,
+    runs,
+    sensitivity_runs,
+    sweep_runs,
+    validate,
+)
 
 snakemake_validate(config, str(SCHEMA_PATH), set_default=True)
 try:
@@ -14,7 +24,11 @@ except ConfigError as e:
     sys.exit(f"config error: {e}")
 
 RESULTS = config["results_dir"]
-RUNS = runs(config)
+RUNS = runs(config)  # the main grid: the main, significance, efficiency and conflict tables read these only
+# sensitivity sweeps (config `sensitivity`): the extra runs, named {base}~{param}-{value}, and every run the
+# sensitivity table reads (the base entry's main-grid runs for the sweep seeds, then SWEEP_RUNS)
+SWEEP_RUNS = sweep_runs(config)
+SENSITIVITY_RUNS = sensitivity_runs(config)
 RUN_DIR = os.path.join(RESULTS, "runs/{dataset}/{backbone}/{run}/seed{seed}")
 SPLIT = config["evaluate"]["split"]
 

@@ -1,0 +1,117 @@
+# Knowledge retention (the paper's Fig. 1b claim: does null-space projection keep general knowledge better?):
+# perplexity on held-out Wikipedia articles and factual cloze accuracy of the pre-trained backbone (with item
+# tokens, once per dataset and backbone) and of every trained LLM run of the main grid, then a table and a figure.
+# Measurement rules: gemsbench/retention.py; settings: the config's `retention` section.
+# Uses common.smk (RUNS, RUN_DIR, RESULTS, CONFIG, digest) and the rule train: include this file after them.
+from gemsbench.methods.base import LLMMethod
+from gemsbench.methods.registry import method_class
+
+RETENTION_TABLES = f"{RESULTS}/tables"
+RETENTION_FIGURES = f"{RESULTS}/figures"
+# main-grid runs whose method fine-tunes the language model (popularity and the encoders have no LM to measure)
+RETENTION_RUNS = [r for r in RUNS if issubclass(method_class(config["methods"][r.run]["method"]), LLMMethod)]
+RETENTION_GROUPS = list(dict.fromkeys((r.dataset, r.backbone) for r in RETENTION_RUNS))
+RETENTION_BASE = os.path.join(RESULTS, "retention/{dataset}/{backbone}/base.json")
+
+
+# seconds of work each: run them on the submitting machine rather than queueing cluster jobs
+localrules:
+    knowledge_table,
+    knowledge_figures,
+
+
+rule retention_base:
+    conda:
+        "../envs/gemsbench.yaml"
+    input:
+        data=os.path.join(RESULTS, "data/{dataset}/stats.json"),
+        backbone=os.path.join(RESULTS, "backbones/{backbone}.json"),
+    output:
+        RETENTION_BASE,
+    params:
+        config=CONFIG,
+        data=lambda w, input: os.path.dirname(input.data),
+        # what the base's scores depend on: the settings, the backbone, and how (and in what precision) item
+        # tokens are added
+        spec=lambda w: digest([config["retention"], config["backbones"][w.backbone], config["train"]["item_init"],
+                               config["train"]["precision"], config["seeds"][0]]),
+    threads: 2  # lowered to --cores when fewer; profiles may raise it
+    log:
+        os.path.join(RESULTS, "logs/retention/{dataset}/{backbone}/base.log"),
+    benchmark:
+        os.path.join(RESULTS, "benchmarks/retention/{dataset}/{backbone}/base.tsv")
+    shell:
+        "OMP_NUM_THREADS={threads} python -m gemsbench.cli.retention --config {params.config} --base "
+        "--dataset {wildcards.dataset} --backbone {wildcards.backbone} --data {params.data} --out {output} "
+        "> {log} 2>&1"
+
+
+rule retention:
+    conda:
+        "../envs/gemsbench.yaml"
+    input:
+        data=os.path.join(RESULTS, "data/{dataset}/stats.json"),
+        trained=os.path.join(RUN_DIR, "summary.json"),
+    output:
+        os.path.join(RUN_DIR, "retention.json"),
+    params:
+        config=CONFIG,
+        data=lambda w, input: os.path.dirname(input.data),
+        run_dir=lambda w, input: os.path.dirname(input.trained),
+        spec=lambda w: digest(config["retention"]),
+    threads: 2  # lowered to --cores when fewer; profiles may raise it
+    log:
+        os.path.join(RESULTS, "logs/retention/{dataset}/{backbone}/{run}/seed{seed}.log"),
+    benchmark:
+        os.path.join(RESULTS, "benchmarks/retention/{dataset}/{backbone}/{run}/seed{seed}.tsv")
+    shell:
+        "OMP_NUM_THREADS={threads} python -m gemsbench.cli.retention --config {params.config} "
+        "--dataset {wildcards.dataset} --backbone {wildcards.backbone} --run {wildcards.run} "
+        "--seed {wildcards.seed} --data {params.data} --run-dir {params.run_dir} --out {output} > {log} 2>&1"
+
+
+rule knowledge_table:
+    conda:
+        "../envs/gemsbench.yaml"
+    input:
+        runs=[os.path.join(RESULTS, "runs", r.path, "retention.json") for r in RETENTION_RUNS],
+        bases=[RETENTION_BASE.format(dataset=ds, backbone=bb) for ds, bb in RETENTION_GROUPS],
+    output:
+        csv=report(f"{RETENTION_TABLES}/knowledge.csv", caption="../report/knowledge_table.rst", category="Tables"),
+        md=f"{RETENTION_TABLES}/knowledge.md",
+        tex=f"{RETENTION_TABLES}/knowledge.tex",
+    params:
+        config=CONFIG,
+        out=lambda w, output: os.path.dirname(output.csv),
+        spec=lambda w: digest(config["methods"]),
+    log:
+        f"{RESULTS}/logs/analysis/knowledge_table.log",
+    shell:
+        "python -m gemsbench.cli.aggregate --config {params.config} --table knowledge "
+        "--summaries {input.runs} {input.bases} --out-dir {params.out} > {log} 2>&1"
+
+
+rule knowledge_figures:
+    conda:
+        "../envs/gemsbench.yaml"
+    input:
+        rules.knowledge_table.output.csv,
+    output:
+        pdf=[f"{RETENTION_FIGURES}/knowledge_{ds}_{bb}.pdf" for ds, bb in RETENTION_GROUPS],
+        png=report(
+            [f"{RETENTION_FIGURES}/knowledge_{ds}_{bb}.png" for ds, bb in RETENTION_GROUPS],
+            caption="../report/figure_knowledge.rst",
+            category="Figures",
+        ),
+    params:
+        out=lambda w, output: os.path.dirname(output[0]),
+    log:
+        f"{RESULTS}/logs/analysis/knowledge_figures.log",
+    shell:
+        "python -m gemsbench.cli.figures --out-dir {params.out} --knowledge {input} > {log} 2>&1"
+
+
+# every table and figure this stage makes (none when the config has no LLM run)
+RETENTION_OUTPUTS = (
+    [*rules.knowledge_table.output, *rules.knowledge_figures.output] if RETENTION_RUNS else []
+)
