@@ -1,0 +1,57 @@
+"""scripts/publish_reference.py: tables, config, job timings and provenance copied from a results directory."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import publish_reference  # noqa: E402
+
+BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def fake_results(root: Path) -> Path:
+    res = root / "results" / "default"
+    write(res / "tables" / "main.md", "| a |\n")
+    write(res / "tables" / "main.csv", "a\n1\n")
+    write(res / "tables" / "ignored.parquet", "x")
+    write(res / "config.yaml", "seeds: [42]\n")
+    for run, seconds in (("gems", 300.5), ("lora", 120.0), ("gems~rank-64", 290.0)):
+        run_dir = res / "runs" / "ml100k" / "smollm2" / run / "seed42"
+        write(run_dir / "summary.json", json.dumps({"commit": "abc1234", "load_average": [1.0, 1.1]}))
+        write(res / "benchmarks" / "train" / "ml100k" / "smollm2" / run / "seed42.tsv",
+              BENCH_HEADER + f"{seconds}\t0:05:00\t7000.5\t9000\t0\t0\t0\t0\t1\t{2 * seconds}\n")
+        write(res / "benchmarks" / "evaluate" / "ml100k" / "smollm2" / run / "seed42.tsv",
+              BENCH_HEADER + "40.0\t0:00:40\t3000\t4000\t0\t0\t0\t0\t1\t80\n")
+    return res
+
+
+def test_publishes_tables_timings_and_provenance(tmp_path):
+    res = fake_results(tmp_path)
+    out = tmp_path / "reference"
+    publish_reference.main(["--results", str(res), "--out", str(out)])
+    assert sorted(p.name for p in (out / "tables").iterdir()) == ["main.csv", "main.md"]
+    assert (out / "config.yaml").read_text() == "seeds: [42]\n"
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["trained_at_commits"] == ["abc1234"] and prov["runs"] == 3
+    # main_table: gems + lora trainings and evaluations; sensitivity: the sweep run's
+    assert prov["wall_seconds_per_target"] == {"main_table": pytest.approx(300.5 + 120 + 80),
+                                               "sensitivity": pytest.approx(290 + 40)}
+    jobs = (out / "jobs.csv").read_text().splitlines()
+    assert len(jobs) == 1 + 6 and "gems~rank-64" in "".join(jobs)
+
+
+def test_refuses_a_missing_run_and_oversized_tables(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="run the DAG first"):
+        publish_reference.main(["--results", str(tmp_path / "none"), "--out", str(tmp_path / "ref")])
+    res = fake_results(tmp_path)
+    monkeypatch.setattr(publish_reference, "MAX_BYTES", 3)
+    with pytest.raises(SystemExit, match="must not be committed"):
+        publish_reference.main(["--results", str(res), "--out", str(tmp_path / "ref")])
+    assert not (tmp_path / "ref").exists()  # nothing half-written
