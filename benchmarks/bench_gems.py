@@ -155,6 +155,12 @@ def run_worker(variant: str, fmt: str, args) -> dict:
     return result
 
 
+def _relative(path) -> str:
+    """A path as written into the report: relative to the repository when inside it (no machine paths)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def knowledge_space(args) -> dict:
     """Make sure the default GEMS knowledge space is cached before any worker needs it; time it if not."""
     from gemsbench.knowledge import ensure_knowledge_space
@@ -162,7 +168,7 @@ def knowledge_space(args) -> dict:
 
     space = build_method("gems").knowledge_space()
     path, collected = ensure_knowledge_space(BACKBONE, args.cache_root, space, progress=True)
-    return {"path": str(path), "collection": collected or "already cached", "stem": space.stem}
+    return {"path": _relative(path), "collection": collected or "already cached", "stem": space.stem}
 
 
 def ratios(results: dict) -> dict:
@@ -202,7 +208,7 @@ def main(args) -> None:
     args.cache_root.mkdir(parents=True, exist_ok=True)
     args.data = dataset_dir(args.cache_root)
     start = time.perf_counter()
-    report = {"steps": args.steps, "gap": args.gap, "data": str(args.data), "threads": torch.get_num_threads(),
+    report = {"steps": args.steps, "gap": args.gap, "data": _relative(args.data), "threads": torch.get_num_threads(),
               "device": default_config()["device"], "knowledge_space": knowledge_space(args), "results": {}}
     for fmt in args.formats:
         report["results"][fmt] = {v: run_worker(v, fmt, args) for v in args.variants or PLAN[fmt]}

@@ -34,6 +34,17 @@ from .common import main, parser
 log = logging.getLogger(__name__)
 
 
+def metric_tables(config: dict, summary: pd.DataFrame, stem: Path, prefix: str, note: str) -> None:
+    """``{stem}.md`` and ``{stem}.tex``: one methods × (task, metric) table per dataset, backbone and protocol."""
+    md, tex = [], []
+    for (dataset, backbone, protocol), grp in summary.groupby(["dataset", "backbone", "protocol"], sort=False):
+        title = f"{prefix}{dataset} · {backbone} · {protocol} protocol · {config['evaluate']['split']} split"
+        md.append(markdown_table(grp, config["tables"]["metrics"], title, note))
+        tex.append(latex_table(grp, config["tables"]["metrics"], title, note))
+    write_text_atomic(stem.with_suffix(".md"), "\n".join(md))
+    write_text_atomic(stem.with_suffix(".tex"), "\n".join(tex))
+
+
 def main_table(config: dict, labels: dict[str, str], summaries: list[Path], out: Path, significance: str | None):
     long = collect(summaries, labels)
     summary = seed_summary(long)
@@ -43,13 +54,7 @@ def main_table(config: dict, labels: dict[str, str], summaries: list[Path], out:
         summary, note = with_markers(summary, sig), significance_note(sig, labels)
     write_text_atomic(out / "main_per_seed.csv", long.to_csv(index=False))
     write_text_atomic(out / "main.csv", summary.to_csv(index=False))
-    md, tex = [], []
-    for (dataset, backbone, protocol), grp in summary.groupby(["dataset", "backbone", "protocol"], sort=False):
-        title = f"{dataset} · {backbone} · {protocol} protocol · {config['evaluate']['split']} split"
-        md.append(markdown_table(grp, config["tables"]["metrics"], title, note))
-        tex.append(latex_table(grp, config["tables"]["metrics"], title, note))
-    write_text_atomic(out / "main.md", "\n".join(md))
-    write_text_atomic(out / "main.tex", "\n".join(tex))
+    metric_tables(config, summary, out / "main", "", note)
     print(f"main table: {out / 'main.md'} (CSV: {out / 'main.csv'}, LaTeX: {out / 'main.tex'})")
 
 
@@ -87,13 +92,7 @@ def ablation_table(config: dict, main_csv: Path, out: Path):
         main["marker"] = main["marker"].fillna("")
     summary = ablation_summary(main)
     write_text_atomic(out / "ablation.csv", summary.to_csv(index=False))
-    md, tex = [], []
-    for (dataset, backbone, protocol), grp in summary.groupby(["dataset", "backbone", "protocol"], sort=False):
-        title = f"Ablation · {dataset} · {backbone} · {protocol} protocol · {config['evaluate']['split']} split"
-        md.append(markdown_table(grp, config["tables"]["metrics"], title, ABLATION_NOTE))
-        tex.append(latex_table(grp, config["tables"]["metrics"], title, ABLATION_NOTE))
-    write_text_atomic(out / "ablation.md", "\n".join(md))
-    write_text_atomic(out / "ablation.tex", "\n".join(tex))
+    metric_tables(config, summary, out / "ablation", "Ablation · ", ABLATION_NOTE)
     print(f"ablation table: {out / 'ablation.md'}")
 
 
