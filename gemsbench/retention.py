@@ -100,7 +100,9 @@ class RetentionSettings:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "RetentionSettings":
-        return cls(**dict(d))
+        """The measurement settings of the section; its ``seeds`` key picks which runs the DAG measures
+        (workflow/rules/retention.smk), not how each is measured, and is left out."""
+        return cls(**{k: v for k, v in dict(d).items() if k != "seeds"})
 
 
 # --- shared pieces ------------------------------------------------------------------------------------------

@@ -9,7 +9,12 @@ from gemsbench.methods.registry import method_class
 RETENTION_TABLES = f"{RESULTS}/tables"
 RETENTION_FIGURES = f"{RESULTS}/figures"
 # main-grid runs whose method fine-tunes the language model (popularity and the encoders have no LM to measure)
-RETENTION_RUNS = [r for r in RUNS if issubclass(method_class(config["methods"][r.run]["method"]), LLMMethod)]
+# on the first `retention.seeds` seeds
+RETENTION_SEEDS = config["seeds"][: config["retention"].get("seeds", 1)]
+RETENTION_RUNS = [r for r in RUNS if r.seed in RETENTION_SEEDS
+                  and issubclass(method_class(config["methods"][r.run]["method"]), LLMMethod)]
+# what a measurement depends on (the section less `seeds`, which only selects runs)
+RETENTION_SPEC = {k: v for k, v in config["retention"].items() if k != "seeds"}
 RETENTION_GROUPS = list(dict.fromkeys((r.dataset, r.backbone) for r in RETENTION_RUNS))
 RETENTION_BASE = os.path.join(RESULTS, "retention/{dataset}/{backbone}/base.json")
 
@@ -33,7 +38,7 @@ rule retention_base:
         data=lambda w, input: os.path.dirname(input.data),
         # what the base's scores depend on: the settings, the backbone, and how (and in what precision) item
         # tokens are added
-        spec=lambda w: digest([config["retention"], config["backbones"][w.backbone], config["train"]["item_init"],
+        spec=lambda w: digest([RETENTION_SPEC, config["backbones"][w.backbone], config["train"]["item_init"],
                                config["train"]["precision"], config["seeds"][0]]),
     threads: 2  # lowered to --cores when fewer; profiles may raise it
     log:
@@ -58,7 +63,7 @@ rule retention:
         config=CONFIG,
         data=lambda w, input: os.path.dirname(input.data),
         run_dir=lambda w, input: os.path.dirname(input.trained),
-        spec=lambda w: digest(config["retention"]),
+        spec=lambda w: digest(RETENTION_SPEC),
     threads: 2  # lowered to --cores when fewer; profiles may raise it
     log:
         os.path.join(RESULTS, "logs/retention/{dataset}/{backbone}/{run}/seed{seed}.log"),
