@@ -5,7 +5,9 @@ On the embedded default (SmolLM2-135M from the packaged GGUF, MovieLens-100K), f
 default config's train settings, the same seed and therefore the same batches, for ``--steps`` steps, each in
 a worker process of its own so its peak memory is its own (RSS on a CPU, CUDA max-allocated on a GPU). The
 per-step seconds are the loop's own (``seconds`` in ``train_log.jsonl``: batching, forward, backward passes,
-clipping and the optimizer step). From them:
+clipping and the optimizer step), with the gradient-conflict measurement of the DAG's runs switched off (it
+adds a measurement-only backward pass to full fine-tuning and LoRA steps, and cosine products to GEMS's). From
+them:
 
 * ``first``: step 0 (lazy allocations, and GEMS's first SVDs) — reported, never averaged in;
 * ``steady``: mean over the other steps without an SVD refresh;
@@ -93,7 +95,8 @@ def worker(args) -> dict:
     if configured_gap is not None:
         method = build_method(entry["method"], {**hparams, "update_gap": args.gap})
     train = {**config["train"], **entry.get("train", {}), "format": args.format, "max_steps": args.steps,
-             "eval_every": args.steps, "val_examples": 8, "selection": "last", "checkpoint_every": 0}
+             "eval_every": args.steps, "val_examples": 8, "selection": "last", "checkpoint_every": 0,
+             "conflict_every": 0}  # no gradient-conflict measurement: it is not the method's cost
     load_start = load_average()
     with tempfile.TemporaryDirectory(dir=args.cache_root) as run_dir:
         ctx = RunContext(load_prepared(Path(args.data)), Path(run_dir), seed=42, hparams=method.hparams,

@@ -225,7 +225,11 @@ def null_space_projector_from_eigh(eigenvalues: Tensor, eigenvectors: Tensor, ru
     """:func:`null_space_projector` from a decomposition made by :func:`symmetric_eigh` (same result)."""
     info = null_space_info(eigenvalues, rule, tau, energy, fallback_fraction)
     u_null = eigenvectors[:, :info.null_dim].float()  # eigenvalues ascend, so the null directions come first
-    projector = u_null @ u_null.T
+    _warn_decision(info, rule, fallback_fraction)
+    return u_null @ u_null.T, info
+
+
+def _warn_decision(info: NullSpaceInfo, rule: str, fallback_fraction: float | None) -> None:
     if info.fallback_used:
         log.warning("NULL SPACE EMPTY under %s; FALLING BACK to the smallest %d of %d directions "
                     "(fallback_fraction=%s). %s", rule, info.null_dim, info.total_dim, fallback_fraction,
@@ -233,7 +237,61 @@ def null_space_projector_from_eigh(eigenvalues: Tensor, eigenvectors: Tensor, ru
     elif info.empty:
         log.warning("null space empty under %s: P = 0 freezes this layer; loosen tau/energy or pass "
                     "fallback_fraction. %s", rule, info.summary())
-    return projector, info
+
+
+@dataclass(frozen=True)
+class LowRankProjector:
+    """The null-space projector P in factored form: ``P = B·Bᵀ`` (``complement=False``, B spans the null space)
+    or ``P = I − B·Bᵀ`` (``complement=True``, B spans the knowledge space), B with orthonormal columns.
+
+    Applying it to a d×c matrix costs 2·d·k·c multiply-adds with k = B's width instead of d²·c for the dense
+    P; :meth:`from_bases` keeps the narrower of the two bases, so k <= d/2. ``MultiSubspaceAdamW`` accepts it
+    wherever it accepts a dense projector (``set_null_projector``)."""
+
+    basis: Tensor
+    complement: bool
+
+    @property
+    def dim(self) -> int:
+        return self.basis.shape[0]
+
+    @classmethod
+    def from_bases(cls, null_basis: Tensor, knowledge_basis: Tensor) -> "LowRankProjector":
+        """From orthonormal bases of the null space (d×k) and of its complement (d×(d−k)): the narrower one."""
+        d = null_basis.shape[0]
+        if knowledge_basis.shape[0] != d or null_basis.shape[1] + knowledge_basis.shape[1] != d:
+            raise ValueError(f"null basis {tuple(null_basis.shape)} and knowledge basis "
+                             f"{tuple(knowledge_basis.shape)} must split the same {d} dimensions")
+        if null_basis.shape[1] <= knowledge_basis.shape[1]:
+            return cls(null_basis.detach().float().contiguous(), complement=False)
+        return cls(knowledge_basis.detach().float().contiguous(), complement=True)
+
+    def to(self, device=None, dtype=None) -> "LowRankProjector":
+        return LowRankProjector(self.basis.to(device=device, dtype=dtype), self.complement)
+
+    def left(self, x: Tensor) -> Tensor:
+        """P·x."""
+        inside = self.basis @ (self.basis.T @ x)
+        return x - inside if self.complement else inside
+
+    def right(self, x: Tensor) -> Tensor:
+        """x·P."""
+        inside = (x @ self.basis) @ self.basis.T
+        return x - inside if self.complement else inside
+
+    def dense(self) -> Tensor:
+        """P as a d×d matrix (for checks; the optimizer never forms it)."""
+        return self.left(torch.eye(self.dim, dtype=self.basis.dtype, device=self.basis.device))
+
+
+def null_space_low_rank_from_eigh(eigenvalues: Tensor, eigenvectors: Tensor, rule: str = "threshold",
+                                  tau: float = 2e-2, energy: float = 0.99,
+                                  fallback_fraction: float | None = None) -> tuple[LowRankProjector, NullSpaceInfo]:
+    """:func:`null_space_projector_from_eigh` in factored form (the same P, see :class:`LowRankProjector`)."""
+    info = null_space_info(eigenvalues, rule, tau, energy, fallback_fraction)
+    _warn_decision(info, rule, fallback_fraction)
+    vectors = eigenvectors.float()  # eigenvalues ascend, so the null directions come first
+    return LowRankProjector.from_bases(vectors[:, :info.null_dim], vectors[:, info.null_dim:]), info
 
 
 def second_moment_key(backbone: str, layer: str, corpus: str, n_samples: int, side: FeatureSide) -> str:

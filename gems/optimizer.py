@@ -20,7 +20,9 @@ Non-targeted parameters get exactly torch.optim.AdamW's update on the joint grad
 Cost. A step is dominated by matrix products with the bases, so the implementation never forms a full-size
 intermediate it can avoid: a null projector acting on the basis's dimension is folded into the basis once per
 refresh (G·P·V = G·(P·V)); one acting on the other dimension multiplies the low-rank coordinates (P·(G·V)),
-not the gradient; full-size P·G is formed only for the SVD at a refresh. The three back-projections and the
+not the gradient; full-size P·G is formed only for the SVD at a refresh. A projector given in factored form
+(:class:`~gems.nullspace.LowRankProjector`, ``P = B·Bᵀ`` or ``I − B·Bᵀ`` with B the narrower of the null and
+knowledge bases) is applied through B, never as a d×d matrix. The three back-projections and the
 decay go into the weight as one ``addmm_`` (W·(1 − lr·wd) − lr·[D_1 … D_k]·[B_1 … B_k]ᵀ). Step 1 above is
 therefore carried out inside steps 2 and 3; the result is the same up to float rounding.
 
@@ -52,7 +54,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .gating import GateConfig, TaskSignals, compute_gates
-from .nullspace import FEATURE_SIDES
+from .nullspace import FEATURE_SIDES, LowRankProjector
 from .projector import SVD_METHODS, Side, compute_basis, orthogonal_complement, project, project_back, \
     projection_side
 
@@ -100,6 +102,16 @@ def _adam_direction(sub: dict, grad: Tensor, beta1: float, beta2: float, eps: fl
     sub["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     direction = sub["exp_avg_sq"].sqrt().div_(math.sqrt(1 - beta2 ** sub["step"])).add_(eps)
     return torch.div(sub["exp_avg"], direction, out=direction).mul_(factor / (1 - beta1 ** sub["step"]))
+
+
+def _left(op: Tensor | LowRankProjector, x: Tensor) -> Tensor:
+    """P·x for a dense or factored projector."""
+    return op.left(x) if isinstance(op, LowRankProjector) else op @ x
+
+
+def _right(op: Tensor | LowRankProjector, x: Tensor) -> Tensor:
+    """x·P for a dense or factored projector."""
+    return op.right(x) if isinstance(op, LowRankProjector) else x @ op
 
 
 def _global_norm(tensors: Iterable[Tensor | None]) -> float:
@@ -179,7 +191,7 @@ class MultiSubspaceAdamW(Optimizer):
         self.gating = gating or GateConfig()
         self.record_projected_cosines = record_projected_cosines
         self.last_stats: dict[str, Any] = {}
-        self._null: dict[Tensor, tuple[Tensor, str]] = {}
+        self._null: dict[Tensor, tuple[Tensor | LowRankProjector, str]] = {}
         # derived operands, rebuilt when what they derive from changes (checked by identity): not state
         self._operand_cache: dict[tuple[Tensor, str], tuple] = {}  # (p, subspace) -> (basis, P, dtype, operand)
         self._projector_cache: dict[Tensor, tuple] = {}  # p -> (P, dtype, P in dtype)
@@ -197,9 +209,11 @@ class MultiSubspaceAdamW(Optimizer):
     def _targeted_params(self) -> dict[Tensor, dict]:
         return {p: g for g in self.param_groups if g["targeted"] for p in g["params"]}
 
-    def set_null_projector(self, param: Tensor, projector: Tensor | None, side: str = "output") -> None:
+    def set_null_projector(self, param: Tensor, projector: Tensor | LowRankProjector | None,
+                           side: str = "output") -> None:
         """Attach P to a targeted weight: G <- P·G (``output``, P is out×out) or G <- G·P (``input``, in×in).
-        ``None`` detaches it. Not saved in ``state_dict``; reattach after loading."""
+        P is a dense matrix or a :class:`~gems.nullspace.LowRankProjector` (the same P in factored form, cheaper
+        to apply by d / (2k)). ``None`` detaches it. Not saved in ``state_dict``; reattach after loading."""
         if param not in self._targeted_params():
             raise ValueError(f"parameter of shape {tuple(param.shape)} is not in a targeted group of this "
                              "optimizer; null projectors apply to targeted weights only")
@@ -213,10 +227,15 @@ class MultiSubspaceAdamW(Optimizer):
         if side not in FEATURE_SIDES:
             raise ValueError(f"side={side!r} is unknown; use one of {FEATURE_SIDES}")
         dim = param.shape[0] if side == "output" else param.shape[1]
-        if tuple(projector.shape) != (dim, dim):
+        shape = (projector.dim,) * 2 if isinstance(projector, LowRankProjector) else tuple(projector.shape)
+        if shape != (dim, dim):
             raise ValueError(f"{side}-side projector for a {tuple(param.shape)} weight must be {dim}×{dim}, got "
-                             f"{tuple(projector.shape)}; build it from K over the layer's {side} features")
-        self._null[param] = (projector.detach().to(device=param.device, dtype=torch.float32), side)
+                             f"{shape}; build it from K over the layer's {side} features")
+        if isinstance(projector, LowRankProjector):
+            projector = projector.to(device=param.device, dtype=torch.float32)
+        else:
+            projector = projector.detach().to(device=param.device, dtype=torch.float32)
+        self._null[param] = (projector, side)
 
     def set_task_gradients(self, rec: Mapping[Tensor, Tensor | None], search: Mapping[Tensor, Tensor | None],
                            n_rec: int, n_search: int, loss_rec: float, loss_search: float) -> None:
@@ -293,7 +312,7 @@ class MultiSubspaceAdamW(Optimizer):
         denom = state["exp_avg_sq"].sqrt().div_(math.sqrt(1 - beta2 ** state["step"])).add_(group["eps"])
         p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1 ** state["step"]))
 
-    def _null_for(self, p: Tensor) -> tuple[Tensor, str] | None:
+    def _null_for(self, p: Tensor) -> tuple[Tensor | LowRankProjector, str] | None:
         """The projector attached to ``p`` and its side, checked against the side its state was trained with."""
         attached = self._null.get(p)
         recorded = self.state[p].get("null_side")
@@ -310,15 +329,15 @@ class MultiSubspaceAdamW(Optimizer):
         return attached
 
     @staticmethod
-    def _null_full(grad: Tensor, null: tuple[Tensor, str] | None) -> Tensor:
+    def _null_full(grad: Tensor, null: tuple[Tensor | LowRankProjector, str] | None) -> Tensor:
         """P·G (output side) or G·P (input side) at full size: for SVD refreshes and cosines only."""
         if null is None:
             return grad
         projector, side = null
-        return projector @ grad if side == "output" else grad @ projector
+        return _left(projector, grad) if side == "output" else _right(projector, grad)
 
-    def _operands(self, p: Tensor, name: str, basis: Tensor, null: tuple[Tensor, str] | None, side: Side,
-                  dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    def _operands(self, p: Tensor, name: str, basis: Tensor, null: tuple[Tensor | LowRankProjector, str] | None,
+                  side: Side, dtype: torch.dtype) -> tuple[Tensor, Tensor | LowRankProjector | None]:
         """(basis to project with, projector for the low-rank coordinates or None) for one subspace, in the
         group's projection dtype; cached until the basis or the projector changes.
 
@@ -329,13 +348,13 @@ class MultiSubspaceAdamW(Optimizer):
         fold = projector is not None and (side == "right") == (null_side == "input")
         cached = self._operand_cache.get((p, name))
         if cached is None or cached[0] is not basis or cached[1] is not projector or cached[2] != dtype:
-            cached = (basis, projector, dtype, (projector @ basis if fold else basis).to(dtype))
+            cached = (basis, projector, dtype, (_left(projector, basis) if fold else basis).to(dtype))
             self._operand_cache[(p, name)] = cached
         if projector is None or fold:
             return cached[3], None
         cast = self._projector_cache.get(p)
         if cast is None or cast[0] is not projector or cast[1] != dtype:
-            cast = self._projector_cache[p] = (projector, dtype, projector.to(dtype))
+            cast = self._projector_cache[p] = (projector, dtype, projector.to(dtype=dtype))
         return cached[3], cast[2]
 
     def _step_targeted(self, p: Tensor, group: dict, task_step: _TaskStep | None, stats: _StepStats) -> None:
@@ -370,7 +389,7 @@ class MultiSubspaceAdamW(Optimizer):
         self._apply_update(p, parts, group, side)
 
     def _subspace_part(self, p: Tensor, name: str, grad: Tensor, rank: int, exclude: Tensor | None,
-                       weight: float, group: dict, side: Side, null: tuple[Tensor, str] | None,
+                       weight: float, group: dict, side: Side, null: tuple[Tensor | LowRankProjector, str] | None,
                        refresh_due: bool, stats: _StepStats) -> tuple[Tensor, Tensor] | None:
         """One subspace's share of the update as (low-rank factor, basis factor), or None when it sits out.
 
@@ -393,7 +412,7 @@ class MultiSubspaceAdamW(Optimizer):
         proj_basis, low_null = self._operands(p, name, sub["basis"], null, side, dtype)
         low = project(grad.to(dtype), proj_basis, side)
         if low_null is not None:
-            low = low_null @ low if side == "right" else low @ low_null
+            low = _left(low_null, low) if side == "right" else _right(low_null, low)
         low = low.float()
         # A non-finite gradient entry makes its projection non-finite, and a non-finite entry makes the sum
         # non-finite (NaN and ±Inf propagate through + and ×): one reduction checks the whole gradient (a
@@ -407,7 +426,7 @@ class MultiSubspaceAdamW(Optimizer):
             return direction.to(dtype), sub["basis"].to(dtype)
         direction = direction.to(dtype)
         if low_null is not None:
-            direction = low_null @ direction if side == "right" else direction @ low_null
+            direction = _left(low_null, direction) if side == "right" else _right(low_null, direction)
         return direction, proj_basis
 
     @staticmethod

@@ -232,8 +232,12 @@ class Loop:
         return tot_rec / max(n_rec, 1), tot_search / max(n_search, 1)
 
     def task_backward(self, batches: list[dict], n_rec: int, n_search: int) -> TaskGradients:
-        """Two backward passes (one per task); leaves the derived joint gradient in ``p.grad``."""
-        acc = {0: [torch.zeros_like(p) for p in self.params], 1: [torch.zeros_like(p) for p in self.params]}
+        """Two backward passes (one per task); leaves the derived joint gradient in ``p.grad``.
+
+        A task's gradient is the first micro-batch's ``autograd.grad`` output itself, later micro-batches are
+        added into it: no zero-filled buffers (each is a full pass over the model's weights, which on a CPU
+        costs about what the optimizer step does)."""
+        acc: dict[int, list[torch.Tensor | None]] = {0: [None] * len(self.params), 1: [None] * len(self.params)}
         totals = {0: 0.0, 1: 0.0}
         counts = {0: n_rec, 1: n_search}
         for batch in batches:
@@ -252,9 +256,12 @@ class Loop:
                     if n_lab[t]:
                         self._accumulate(acc[t], loss / counts[t], retain=(t == 0 and n_lab[1] > 0))
                         totals[t] += loss.item()
+        for t in (0, 1):  # a parameter the task's loss does not reach gets a zero gradient
+            acc[t] = [torch.zeros_like(p) if a is None else a for p, a in zip(self.params, acc[t])]
         n = n_rec + n_search
         for p, gr, gs in zip(self.params, acc[0], acc[1]):
-            p.grad = (gr * n_rec + gs * n_search) / n
+            # (n_rec·g_rec + n_search·g_search) / n in one pass, a tensor of its own (clipping scales it in place)
+            p.grad = torch.lerp(gr, gs, n_search / n)
         return TaskGradients(self.params, acc[0] if n_rec else [None] * len(self.params),
                              acc[1] if n_search else [None] * len(self.params), n_rec, n_search,
                              totals[0] / max(n_rec, 1), totals[1] / max(n_search, 1))
@@ -269,11 +276,15 @@ class Loop:
                 if g is not None:
                     g.mul_(coef)
 
-    def _accumulate(self, acc: list[torch.Tensor], loss: torch.Tensor, retain: bool) -> None:
+    def _accumulate(self, acc: list[torch.Tensor | None], loss: torch.Tensor, retain: bool) -> None:
+        """Add the gradient of ``loss`` into ``acc`` (None entries take the new gradient tensor as it is)."""
         grads = torch.autograd.grad(loss, self.params, retain_graph=retain, allow_unused=True)
-        for a, g in zip(acc, grads):
+        for i, g in enumerate(grads):
             if g is not None:
-                a.add_(g)
+                if acc[i] is None:  # an expanded (stride-0) gradient is copied: it is written in place later
+                    acc[i] = g if g.is_contiguous() else g.contiguous()
+                else:
+                    acc[i].add_(g)
 
     # --- validation ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -53,7 +53,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from gems import (GateConfig, MultiSubspaceAdamW, build_param_groups, find_target_modules,
-                  null_space_projector_from_eigh)
+                  null_space_low_rank_from_eigh)
 from gems.targets import DEFAULT_TARGETS
 
 from ..data.format import atomic_write_json
@@ -152,9 +152,10 @@ class SubspaceMethod(LLMMethod):
         value = next(iter(option.values()))
         rows = []
         for name, module in modules.items():
-            projector, info = null_space_projector_from_eigh(*decompositions[name], rule=hp["null_rule"],
-                                                             fallback_fraction=hp["null_fallback_fraction"],
-                                                             **option)
+            # factored P (the narrower of the null and knowledge bases): the same P, cheaper to apply
+            projector, info = null_space_low_rank_from_eigh(*decompositions[name], rule=hp["null_rule"],
+                                                            fallback_fraction=hp["null_fallback_fraction"],
+                                                            **option)
             optimizer.set_null_projector(module.weight, projector, side=hp["null_side"])
             rows.append(null_space_row(name, hp["null_side"], hp["null_rule"], value, info))
             log.info("%s: %s", name, info.summary())
