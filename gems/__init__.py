@@ -14,7 +14,8 @@ joint gradient of the token-mean loss over both tasks is the token-count-weighte
     moments = cached_second_moments("cache/K.safetensors", model, modules, lambda: general_batches,
                                     backbone="t5-base", corpus="wiki10k", n_samples=10_000, side="input")
     for name, module in modules.items():
-        P, info = null_space_projector(moments[name], rule="threshold", tau=2e-2)
+        # low_rank=True: P as the narrower of its null and knowledge bases (same P, cheaper to apply)
+        P, info = null_space_projector(moments[name], rule="threshold", tau=2e-2, low_rank=True)
         print(name, info.summary())
         opt.set_null_projector(module.weight, P, side="input")
 

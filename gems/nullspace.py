@@ -196,8 +196,10 @@ def null_space_info(eigenvalues: Tensor, rule: str = "threshold", tau: float = 2
 
 
 def null_space_projector(K: Tensor, rule: str = "threshold", tau: float = 2e-2, energy: float = 0.99,
-                         fallback_fraction: float | None = None) -> tuple[Tensor, NullSpaceInfo]:
-    """P = U_null U_nullᵀ (float32, d×d) for the second-moment matrix K, and what was decided.
+                         fallback_fraction: float | None = None, *,
+                         low_rank: bool = False) -> tuple[Tensor | "LowRankProjector", NullSpaceInfo]:
+    """P = U_null U_nullᵀ (float32, d×d) for the second-moment matrix K, and what was decided; with
+    ``low_rank=True`` the same P as a :class:`LowRankProjector` (cheaper for the optimizer to apply).
 
     ``threshold``: eigenvalues of K below ``tau`` span the null space (K is symmetric PSD, so its eigenvalues
     are its singular values). ``energy``: the fewest top eigen-directions holding at least ``energy`` of the
@@ -209,7 +211,8 @@ def null_space_projector(K: Tensor, rule: str = "threshold", tau: float = 2e-2, 
         raise ValueError(f"K must be a square matrix, got shape {tuple(K.shape)}")
     _check_rule(rule, energy, fallback_fraction)
     eigenvalues, eigenvectors = symmetric_eigh(K)
-    return null_space_projector_from_eigh(eigenvalues, eigenvectors, rule, tau, energy, fallback_fraction)
+    build = null_space_low_rank_from_eigh if low_rank else null_space_projector_from_eigh
+    return build(eigenvalues, eigenvectors, rule, tau, energy, fallback_fraction)
 
 
 def symmetric_eigh(K: Tensor) -> tuple[Tensor, Tensor]:

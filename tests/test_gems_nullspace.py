@@ -92,12 +92,13 @@ def one_step_update(layer: nn.Linear, projector: torch.Tensor | None, side: str,
     return (w - layer.weight).detach()
 
 
+@pytest.mark.parametrize("low_rank", [False, True], ids=["dense-P", "factored-P"])
 @pytest.mark.parametrize(("d_in", "d_out"), [(16, 12), (12, 20)])  # left- and right-side projection
-def test_input_side_projection_leaves_outputs_on_knowledge_features_unchanged(d_in, d_out):
+def test_input_side_projection_leaves_outputs_on_knowledge_features_unchanged(d_in, d_out, low_rank):
     model = OneLayer(d_in, d_out)
     batches = low_rank_features(2, d_in, rank=4)
     K = collect_second_moments(model, {"q_proj": model.q_proj}, batches, side="input")["q_proj"]
-    P, info = null_space_projector(K, tau=2e-2)
+    P, info = null_space_projector(K, tau=2e-2, low_rank=low_rank)
     assert info.null_dim == d_in - 4
     x = torch.cat(batches).reshape(-1, d_in)
     outputs = x @ model.q_proj.weight.detach().T
@@ -119,12 +120,13 @@ def test_projecting_only_gradients_leaks_through_adam_normalisation():
     assert float((x @ delta.T).norm() / (x @ model.q_proj.weight.detach().T).norm()) > 1e-3
 
 
+@pytest.mark.parametrize("low_rank", [False, True], ids=["dense-P", "factored-P"])
 @pytest.mark.parametrize(("d_in", "d_out"), [(16, 12), (12, 20)])
-def test_output_side_update_has_no_component_in_knowledge_output_directions(d_in, d_out):
+def test_output_side_update_has_no_component_in_knowledge_output_directions(d_in, d_out, low_rank):
     model = OneLayer(d_in, d_out)
     batches = low_rank_features(2, d_in, rank=3)
     K = collect_second_moments(model, {"q_proj": model.q_proj}, batches, side="output")["q_proj"]
-    P, info = null_space_projector(K, tau=2e-2)
+    P, info = null_space_projector(K, tau=2e-2, low_rank=low_rank)
     assert info.null_dim == d_out - 3
     knowledge = torch.linalg.eigh(K).eigenvectors[:, -3:]
     projected = one_step_update(model.q_proj, P, "output")
