@@ -64,6 +64,19 @@ def test_bad_config_stops_snakemake_with_the_key(tmp_path):
     assert "max_steps" in r.stderr + r.stdout
 
 
+def test_retention_measures_only_the_first_retention_seeds_seeds(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    cfg["seeds"] = [1, 2]
+    cfg["retention"]["seeds"] = 1
+    path = tmp_path / "two_seeds.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = snakemake(tmp_path, "-n", "knowledge", configfile=path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    jobs = [line for line in (r.stdout + r.stderr).splitlines() if "output:" in line and "retention.json" in line]
+    llm_runs = [name for name, spec in cfg["methods"].items() if spec["method"] != "popularity"]
+    assert len(jobs) == len(llm_runs) and all("/seed1/" in line for line in jobs)
+
+
 TARGETS = ["main_table", "ablation", "sensitivity", "conflict", "knowledge", "efficiency", "figures", "report"]
 
 
