@@ -488,12 +488,18 @@ def task_cosine(tg: TaskGradients) -> float:
 
 
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
-    total = 0
-    for st in opt.state.values():
-        for v in st.values():
-            if torch.is_tensor(v):
-                total += v.numel() * v.element_size()
-    return total
+    """Bytes of every tensor in the optimizer's state, nested ones included (GEMS and GaLore keep each
+    subspace's basis and moments in a dict of their own)."""
+    def size(value) -> int:
+        if torch.is_tensor(value):
+            return value.numel() * value.element_size()
+        if isinstance(value, dict):
+            return sum(size(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(size(v) for v in value)
+        return 0
+
+    return sum(size(st) for st in opt.state.values())
 
 
 def peak_memory_bytes(device: str) -> int:

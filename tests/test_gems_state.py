@@ -107,3 +107,16 @@ def test_loaded_state_is_a_copy_and_a_missing_null_projector_is_an_error():
     moments = opt.state[model.o_proj.weight]["shared"]["exp_avg"].clone()
     train_step(other, other_opt, 1)
     assert torch.equal(opt.state[model.o_proj.weight]["shared"]["exp_avg"], moments)  # not shared with `other`
+
+
+def test_optimizer_state_size_counts_the_subspace_bases_and_moments():
+    from gemsbench.train import optimizer_state_bytes
+
+    w = torch.nn.Parameter(torch.randn(12, 8))
+    opt = MultiSubspaceAdamW([{"params": [w], "targeted": True}], rank=4, task_rank=2)
+    w.grad = torch.randn(12, 8)
+    opt.set_task_gradients({w: torch.randn(12, 8)}, {w: torch.randn(12, 8)}, 1, 1, 1.0, 1.0)
+    opt.step()
+    # right-side bases (8×r) and moments (12×r) of the shared (r 4) and two task (r 2) subspaces, float32
+    expected = sum(4 * (8 * r + 2 * 12 * r) for r in (4, 2, 2))
+    assert optimizer_state_bytes(opt) == expected
