@@ -211,8 +211,7 @@ def collect_efficiency(train_summary_paths: list[Path], labels: dict[str, str] |
 
     Quantities a run does not report (popularity has no optimizer) are left out rather than set to 0."""
     summaries = [json.loads(Path(path).read_text()) for path in train_summary_paths]
-    lora_step = {(s["dataset"], s["backbone"], s["seed"]): s["seconds_per_step"] for s in summaries
-                 if s["method"] == "lora" and s.get("seconds_per_step")}
+    lora_step = lora_reference_steps(summaries)
     rows = []
     for s in summaries:
         s = {**s, **derived_efficiency(s, lora_step.get((s["dataset"], s["backbone"], s["seed"])))}
@@ -224,6 +223,23 @@ def collect_efficiency(train_summary_paths: list[Path], labels: dict[str, str] |
     if not rows:
         raise ValueError("no training summaries with efficiency figures to aggregate")
     return pd.DataFrame(rows)
+
+
+def lora_reference_steps(summaries: list[dict]) -> dict[tuple, float]:
+    """Seconds per step of the plain LoRA run per (dataset, backbone, seed): the run named ``lora``; without
+    one, the only run of method ``lora`` (DoRA and PiSSA are ``lora`` runs too, so several such runs and no
+    ``lora`` name give no reference rather than an arbitrary one)."""
+    candidates: dict[tuple, list[dict]] = {}
+    for s in summaries:
+        if s["method"] == "lora" and s.get("seconds_per_step"):
+            candidates.setdefault((s["dataset"], s["backbone"], s["seed"]), []).append(s)
+    out = {}
+    for key, runs in candidates.items():
+        named = [s for s in runs if s.get("run") == "lora"]
+        chosen = named or (runs if len(runs) == 1 else [])
+        if chosen:
+            out[key] = chosen[0]["seconds_per_step"]
+    return out
 
 
 def derived_efficiency(s: dict, lora_seconds_per_step: float | None) -> dict:

@@ -135,12 +135,15 @@ def test_efficiency_table_converts_units_and_leaves_missing_quantities_blank(tmp
              "units": 63, "spec": {"train": {"batch_size": 8, "grad_accum": 2}}}  # 4 steps per epoch
     paths = [write_run(tmp_path, "lora", "lora", 1, costs),
              write_run(tmp_path, "gems", "gems", 1, {**costs, "seconds_per_step": 2.5}),
+             # DoRA is a run of method "lora" too: the reference stays the run named lora
+             write_run(tmp_path, "dora", "lora", 1, {**costs, "seconds_per_step": 5.0}),
              write_run(tmp_path, "popularity", "popularity", 1, {"trainable_parameters": 0, "train_seconds": 0.0})]
     summary = efficiency_summary(collect_efficiency(paths, {"lora": "LoRA"}))
     md = efficiency_markdown(summary, "Training cost · d · b · cpu")
     # time per epoch: 4 steps × 1.25 s = 5 s = 0.083 min; GEMS's step takes 2× LoRA's
     assert "| LoRA | 2.00 | 3.0 | 2.00 | 1.25 | 1.00 | 0.1 | 40.0 | 10.0 |" in md
     assert "| gems | 2.00 | 3.0 | 2.00 | 2.50 | 2.00 | 0.2 | 40.0 | 10.0 |" in md
+    assert "| dora | 2.00 | 3.0 | 2.00 | 5.00 | 4.00 | 0.3 | 40.0 | 10.0 |" in md
     assert "| popularity | 0.00 | – | – | – | – | – | – | 0.0 |" in md
 
 
