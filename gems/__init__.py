@@ -53,8 +53,9 @@ from .targets import DEFAULT_TARGETS, LLAMA_LIKE_TARGETS, T5_TARGETS, build_para
 __all__ = [
     "GATE_MODES", "GateConfig", "TaskSignals", "compute_gates",
     "LowRankProjector", "NullSpaceInfo", "cached_second_moments", "collect_feature_moments",
-    "collect_second_moments", "load_second_moments", "null_space_info", "null_space_projector", "null_space_projector_from_eigh",
-    "null_space_low_rank_from_eigh", "save_second_moments", "second_moment_key", "symmetric_eigh",
+    "collect_second_moments", "load_second_moments", "null_space_info", "null_space_low_rank_from_eigh",
+    "null_space_projector", "null_space_projector_from_eigh", "save_second_moments", "second_moment_key",
+    "symmetric_eigh",
     "MOMENT_POLICIES", "TASK_BASES", "MultiSubspaceAdamW",
     "SVD_METHODS", "compute_basis", "orthogonal_complement", "project", "project_back", "projection_side",
     "DEFAULT_TARGETS", "LLAMA_LIKE_TARGETS", "T5_TARGETS", "build_param_groups", "find_target_modules",

@@ -287,6 +287,28 @@ class LowRankProjector:
         return self.left(torch.eye(self.dim, dtype=self.basis.dtype, device=self.basis.device))
 
 
+@dataclass(frozen=True)
+class DenseProjector:
+    """A d×d projector P behind the interface of :class:`LowRankProjector` (what the optimizer applies)."""
+
+    matrix: Tensor
+
+    @property
+    def dim(self) -> int:
+        return self.matrix.shape[0]
+
+    def to(self, device=None, dtype=None) -> "DenseProjector":
+        return DenseProjector(self.matrix.detach().to(device=device, dtype=dtype))
+
+    def left(self, x: Tensor) -> Tensor:
+        """P·x."""
+        return self.matrix @ x
+
+    def right(self, x: Tensor) -> Tensor:
+        """x·P."""
+        return x @ self.matrix
+
+
 def null_space_low_rank_from_eigh(eigenvalues: Tensor, eigenvectors: Tensor, rule: str = "threshold",
                                   tau: float = 2e-2, energy: float = 0.99,
                                   fallback_fraction: float | None = None) -> tuple[LowRankProjector, NullSpaceInfo]:

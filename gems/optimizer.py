@@ -54,7 +54,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .gating import GateConfig, TaskSignals, compute_gates
-from .nullspace import FEATURE_SIDES, LowRankProjector
+from .nullspace import FEATURE_SIDES, DenseProjector, LowRankProjector
 from .projector import SVD_METHODS, Side, compute_basis, orthogonal_complement, project, project_back, \
     projection_side
 
@@ -102,16 +102,6 @@ def _adam_direction(sub: dict, grad: Tensor, beta1: float, beta2: float, eps: fl
     sub["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     direction = sub["exp_avg_sq"].sqrt().div_(math.sqrt(1 - beta2 ** sub["step"])).add_(eps)
     return torch.div(sub["exp_avg"], direction, out=direction).mul_(factor / (1 - beta1 ** sub["step"]))
-
-
-def _left(op: Tensor | LowRankProjector, x: Tensor) -> Tensor:
-    """P·x for a dense or factored projector."""
-    return op.left(x) if isinstance(op, LowRankProjector) else op @ x
-
-
-def _right(op: Tensor | LowRankProjector, x: Tensor) -> Tensor:
-    """x·P for a dense or factored projector."""
-    return op.right(x) if isinstance(op, LowRankProjector) else x @ op
 
 
 def _global_norm(tensors: Iterable[Tensor | None]) -> float:
@@ -191,7 +181,7 @@ class MultiSubspaceAdamW(Optimizer):
         self.gating = gating or GateConfig()
         self.record_projected_cosines = record_projected_cosines
         self.last_stats: dict[str, Any] = {}
-        self._null: dict[Tensor, tuple[Tensor | LowRankProjector, str]] = {}
+        self._null: dict[Tensor, tuple[DenseProjector | LowRankProjector, str]] = {}
         # derived operands, rebuilt when what they derive from changes (checked by identity): not state
         self._operand_cache: dict[tuple[Tensor, str], tuple] = {}  # (p, subspace) -> (basis, P, dtype, operand)
         self._projector_cache: dict[Tensor, tuple] = {}  # p -> (P, dtype, P in dtype)
@@ -227,15 +217,14 @@ class MultiSubspaceAdamW(Optimizer):
         if side not in FEATURE_SIDES:
             raise ValueError(f"side={side!r} is unknown; use one of {FEATURE_SIDES}")
         dim = param.shape[0] if side == "output" else param.shape[1]
-        shape = (projector.dim,) * 2 if isinstance(projector, LowRankProjector) else tuple(projector.shape)
-        if shape != (dim, dim):
+        if not isinstance(projector, LowRankProjector):
+            if projector.dim() != 2 or projector.shape[0] != projector.shape[1]:
+                raise ValueError(f"a dense projector must be a square matrix, got shape {tuple(projector.shape)}")
+            projector = DenseProjector(projector)
+        if projector.dim != dim:
             raise ValueError(f"{side}-side projector for a {tuple(param.shape)} weight must be {dim}×{dim}, got "
-                             f"{shape}; build it from K over the layer's {side} features")
-        if isinstance(projector, LowRankProjector):
-            projector = projector.to(device=param.device, dtype=torch.float32)
-        else:
-            projector = projector.detach().to(device=param.device, dtype=torch.float32)
-        self._null[param] = (projector, side)
+                             f"{(projector.dim, projector.dim)}; build it from K over the layer's {side} features")
+        self._null[param] = (projector.to(device=param.device, dtype=torch.float32), side)
 
     def set_task_gradients(self, rec: Mapping[Tensor, Tensor | None], search: Mapping[Tensor, Tensor | None],
                            n_rec: int, n_search: int, loss_rec: float, loss_search: float) -> None:
@@ -312,7 +301,7 @@ class MultiSubspaceAdamW(Optimizer):
         denom = state["exp_avg_sq"].sqrt().div_(math.sqrt(1 - beta2 ** state["step"])).add_(group["eps"])
         p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1 ** state["step"]))
 
-    def _null_for(self, p: Tensor) -> tuple[Tensor | LowRankProjector, str] | None:
+    def _null_for(self, p: Tensor) -> tuple[DenseProjector | LowRankProjector, str] | None:
         """The projector attached to ``p`` and its side, checked against the side its state was trained with."""
         attached = self._null.get(p)
         recorded = self.state[p].get("null_side")
@@ -329,15 +318,16 @@ class MultiSubspaceAdamW(Optimizer):
         return attached
 
     @staticmethod
-    def _null_full(grad: Tensor, null: tuple[Tensor | LowRankProjector, str] | None) -> Tensor:
+    def _null_full(grad: Tensor, null: tuple[DenseProjector | LowRankProjector, str] | None) -> Tensor:
         """P·G (output side) or G·P (input side) at full size: for SVD refreshes and cosines only."""
         if null is None:
             return grad
         projector, side = null
-        return _left(projector, grad) if side == "output" else _right(projector, grad)
+        return projector.left(grad) if side == "output" else projector.right(grad)
 
-    def _operands(self, p: Tensor, name: str, basis: Tensor, null: tuple[Tensor | LowRankProjector, str] | None,
-                  side: Side, dtype: torch.dtype) -> tuple[Tensor, Tensor | LowRankProjector | None]:
+    def _operands(self, p: Tensor, name: str, basis: Tensor,
+                  null: tuple[DenseProjector | LowRankProjector, str] | None, side: Side,
+                  dtype: torch.dtype) -> tuple[Tensor, DenseProjector | LowRankProjector | None]:
         """(basis to project with, projector for the low-rank coordinates or None) for one subspace, in the
         group's projection dtype; cached until the basis or the projector changes.
 
@@ -348,7 +338,7 @@ class MultiSubspaceAdamW(Optimizer):
         fold = projector is not None and (side == "right") == (null_side == "input")
         cached = self._operand_cache.get((p, name))
         if cached is None or cached[0] is not basis or cached[1] is not projector or cached[2] != dtype:
-            cached = (basis, projector, dtype, (_left(projector, basis) if fold else basis).to(dtype))
+            cached = (basis, projector, dtype, (projector.left(basis) if fold else basis).to(dtype))
             self._operand_cache[(p, name)] = cached
         if projector is None or fold:
             return cached[3], None
@@ -389,7 +379,8 @@ class MultiSubspaceAdamW(Optimizer):
         self._apply_update(p, parts, group, side)
 
     def _subspace_part(self, p: Tensor, name: str, grad: Tensor, rank: int, exclude: Tensor | None,
-                       weight: float, group: dict, side: Side, null: tuple[Tensor | LowRankProjector, str] | None,
+                       weight: float, group: dict, side: Side,
+                       null: tuple[DenseProjector | LowRankProjector, str] | None,
                        refresh_due: bool, stats: _StepStats) -> tuple[Tensor, Tensor] | None:
         """One subspace's share of the update as (low-rank factor, basis factor), or None when it sits out.
 
@@ -412,7 +403,7 @@ class MultiSubspaceAdamW(Optimizer):
         proj_basis, low_null = self._operands(p, name, sub["basis"], null, side, dtype)
         low = project(grad.to(dtype), proj_basis, side)
         if low_null is not None:
-            low = _left(low_null, low) if side == "right" else _right(low_null, low)
+            low = low_null.left(low) if side == "right" else low_null.right(low)
         low = low.float()
         # A non-finite gradient entry makes its projection non-finite, and a non-finite entry makes the sum
         # non-finite (NaN and ±Inf propagate through + and ×): one reduction checks the whole gradient (a
@@ -426,7 +417,7 @@ class MultiSubspaceAdamW(Optimizer):
             return direction.to(dtype), sub["basis"].to(dtype)
         direction = direction.to(dtype)
         if low_null is not None:
-            direction = _left(low_null, direction) if side == "right" else _right(low_null, direction)
+            direction = low_null.left(direction) if side == "right" else low_null.right(direction)
         return direction, proj_basis
 
     @staticmethod

@@ -100,9 +100,13 @@ class RetentionSettings:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "RetentionSettings":
-        """The measurement settings of the section; its ``seeds`` key picks which runs the DAG measures
-        (workflow/rules/retention.smk), not how each is measured, and is left out."""
-        return cls(**{k: v for k, v in dict(d).items() if k != "seeds"})
+        return cls(**measurement_section(d))
+
+
+def measurement_section(section: Mapping) -> dict:
+    """The config's ``retention`` section less ``seeds``, which picks the runs the DAG measures
+    (workflow/rules/retention.smk), not how each is measured: what a measurement depends on."""
+    return {k: v for k, v in dict(section).items() if k != "seeds"}
 
 
 # --- shared pieces ------------------------------------------------------------------------------------------

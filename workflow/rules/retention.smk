@@ -4,6 +4,7 @@
 # Measurement rules: gemsbench/retention.py; settings: the config's `retention` section.
 # Uses common.smk (RUNS, RUN_DIR, RESULTS, CONFIG, digest) and the rule train: include this file after them.
 from gemsbench.methods.base import LLMMethod
+from gemsbench.retention import measurement_section
 from gemsbench.methods.registry import method_class
 
 RETENTION_TABLES = f"{RESULTS}/tables"
@@ -13,8 +14,7 @@ RETENTION_FIGURES = f"{RESULTS}/figures"
 RETENTION_SEEDS = config["seeds"][: config["retention"].get("seeds", 1)]
 RETENTION_RUNS = [r for r in RUNS if r.seed in RETENTION_SEEDS
                   and issubclass(method_class(config["methods"][r.run]["method"]), LLMMethod)]
-# what a measurement depends on (the section less `seeds`, which only selects runs)
-RETENTION_SPEC = {k: v for k, v in config["retention"].items() if k != "seeds"}
+RETENTION_SPEC = measurement_section(config["retention"])
 RETENTION_GROUPS = list(dict.fromkeys((r.dataset, r.backbone) for r in RETENTION_RUNS))
 RETENTION_BASE = os.path.join(RESULTS, "retention/{dataset}/{backbone}/base.json")
 
