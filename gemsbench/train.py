@@ -423,7 +423,10 @@ class Loop:
                         self.best["evals_since"] += 1
                 logf.write(json.dumps(entry) + "\n")
                 logf.flush()
-                if self.step % ckpt_every == 0 or self.step == self.total_steps or self.stopped_early():
+                # a finished run needs no resume point (last.pt is dropped below): writing the weights and
+                # optimizer state once more at the end cost ~10 s per SmolLM2 run here
+                finished = self.step == self.total_steps or self.stopped_early()
+                if self.step % ckpt_every == 0 and not finished:
                     self.save_last()
                 bar.update(1)
                 bar.set_postfix(rec=f"{loss_rec:.3f}", search=f"{loss_search:.3f}")

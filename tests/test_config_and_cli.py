@@ -17,7 +17,7 @@ def base_config():
 
 
 def test_shipped_configs_validate():
-    for name in ("default.yaml", "test.yaml"):
+    for name in ("default.yaml", "reference.yaml", "test.yaml"):
         cfg = load_config(ROOT / "config" / name)
         assert runs(cfg)
 

@@ -22,7 +22,7 @@ from gemsbench.methods.registry import method_class
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
-DEFAULT_SWEEP = ["gems~rank-64", "gems~rank-256", "gems~update_gap-5", "gems~update_gap-60", "gems~scale-0.5",
+DEFAULT_SWEEP = ["gems~rank-64", "gems~rank-256", "gems~update_gap-4", "gems~update_gap-16", "gems~scale-0.5",
                  "gems~scale-2", "gems~null_tau-0.005", "gems~null_tau-0.1", "gems~gate-fixed0.25",
                  "gems~gate-fixed0.75"]
 
@@ -48,7 +48,7 @@ def test_default_grid_is_ten_gems_runs_of_the_first_seed_around_the_main_grid_ru
     assert all(re.fullmatch(r"[A-Za-z0-9._+~-]+", r.run) for r in extra)  # wildcard- and filesystem-safe
     points = sweep_points(cfg)
     assert [(p.param, p.value) for p in points if p.base] == [
-        ("rank", "128"), ("update_gap", "20"), ("scale", "1"), ("null_tau", "0.02"), ("gate", "heuristic")]
+        ("rank", "128"), ("update_gap", "8"), ("scale", "1"), ("null_tau", "0.02"), ("gate", "heuristic")]
     assert {p.run for p in points if p.base} == {"gems"}
     assert [p.value for p in points if p.param == "rank"] == ["64", "128", "256"]  # numeric order, base inside
     assert [p.value for p in points if p.param == "gate"] == ["heuristic", "fixed0.25", "fixed0.75"]
