@@ -18,8 +18,9 @@ Hyper-parameters (keys of ``defaults``; [release] = the authors' code on T5-base
   no subspace at all. Scaled to SmolLM2's width 576 that would stay full rank, so we keep GaLore's usual
   rank-to-width ratio (≈ 1/4: rank 128 at width 512 in the GaLore paper) and the release's task rank = rank / 2.
   128 also fits below the 192 outputs of SmolLM2's k/v projections, which ``task_basis: complement`` needs.
-* ``update_gap`` 20 [ours]: the release's 200 exceeds the embedded default's 60 steps, which would freeze the
-  first step's basis for the whole run; 20 gives a refresh at steps 0, 20, 40 (the sensitivity sweep varies it).
+* ``update_gap`` 20 [ours]: the release's 200 exceeds the embedded runs' 16–30 steps, which would freeze the
+  first step's basis for the whole run; 20 gives refreshes at steps 0 and 20 of config/reference.yaml's 30
+  (config/default.yaml sets 8 for its 16 steps; the sensitivity sweep varies it).
 * ``scale`` α 1.0 [release] (GaLore's pre-training recipe uses 0.25).
 * ``svd`` exact [release] | randomized [ours]; ``svd_oversample`` 8 (randomized only).
 * ``projection_dtype`` auto [ours] | float32 | bfloat16: the dtype of the projection products, which dominate a

@@ -1,0 +1,115 @@
+"""Where a training step's time goes: forward, backward passes, clipping, optimizer phases, per steady step.
+
+Companion to ``bench_gems.py`` (which times whole steps): one variant, one format, in this process, with the
+harness's phases wrapped in timers — the loop's forward (``Loop.losses``), each backward pass
+(``Loop._accumulate`` for per-task gradients, ``Loop.joint_backward`` for one joint pass), clipping, and the
+optimizer (``torch.optim.AdamW.step``; for the subspace methods ``set_task_gradients`` and, inside
+``MultiSubspaceAdamW.step``, the targeted weights' subspace parts, the fused update, the plain-AdamW rest).
+Each timer's total over the steps from ``--warmup`` on is divided by their number. The wrappers add a few
+microseconds per call; the phases of one run, not two runs, are what to compare.
+
+    python benchmarks/profile_step.py --variant gems --format timeline      # ~1.5 min on 2 CPU cores
+    python benchmarks/profile_step.py --variant full_ft --format prompt
+
+Uses the same set-up as ``bench_gems.py`` (config/reference.yaml's train settings, the embedded data, no
+gradient-conflict measurement, ``update_gap`` 1000 so that no refresh falls inside the measured steps).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_gems  # noqa: E402  (the benchmark's set-up: config, data, backbone, variants)
+
+PHASES = {  # (module attribute path, method name) -> phase label
+    ("gemsbench.train", "Loop", "losses"): "forward",
+    ("gemsbench.train", "Loop", "_accumulate"): "backward pass (per task)",
+    ("gemsbench.train", "Loop", "joint_backward"): "forward + joint backward",
+    ("gemsbench.train", "Loop", "task_backward"): "forward + task backward passes + joint gradient",
+    ("gemsbench.train", "Loop", "clip"): "clip (and scale task gradients)",
+    ("torch.optim", "AdamW", "step"): "optimizer: AdamW",
+    ("gems.optimizer", "MultiSubspaceAdamW", "set_task_gradients"): "optimizer: task gradients + gates",
+    ("gems.optimizer", "MultiSubspaceAdamW", "_subspace_part"): "optimizer: subspace projections + Adam",
+    ("gems.optimizer", "MultiSubspaceAdamW", "_apply_update"): "optimizer: fused update into W",
+    ("gems.optimizer", "MultiSubspaceAdamW", "_step_dense"): "optimizer: plain AdamW (non-targeted)",
+    ("gems.optimizer", "MultiSubspaceAdamW", "step"): "optimizer: MultiSubspaceAdamW total",
+}
+
+
+def instrument(totals: dict[str, float], snapshots: list[dict[str, float]]) -> None:
+    """Wrap every phase in a timer; snapshot the running totals after each optimizer step."""
+    import importlib
+
+    for (module, cls_name, name), label in PHASES.items():
+        cls = getattr(importlib.import_module(module), cls_name)
+        raw = next(k.__dict__[name] for k in cls.__mro__ if name in k.__dict__)  # AdamW inherits its step
+        is_static = isinstance(raw, staticmethod)
+        func = raw.__func__ if is_static else raw
+        is_step = name == "step"
+
+        def timed(*args, _func=func, _label=label, _is_step=is_step, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _func(*args, **kwargs)
+            finally:
+                totals[_label] += time.perf_counter() - start
+                if _is_step:
+                    snapshots.append(dict(totals))
+
+        setattr(cls, name, staticmethod(timed) if is_static else timed)
+
+
+def main(args) -> None:
+    from gemsbench.config import method_entry
+    from gemsbench.data.format import load_prepared
+    from gemsbench.methods.base import RunContext
+    from gemsbench.methods.registry import build_method
+
+    totals: dict[str, float] = collections.defaultdict(float)
+    snapshots: list[dict[str, float]] = []
+    instrument(totals, snapshots)
+    config = bench_gems.default_config()
+    name, overrides = bench_gems.VARIANTS[args.variant]
+    entry = method_entry(config, name)
+    hparams = {**entry.get("hparams", {}), **overrides}
+    method = build_method(entry["method"], hparams)
+    if "update_gap" in method.hparams:  # no basis refresh among the measured steps
+        method = build_method(entry["method"], {**hparams, "update_gap": 1000})
+    train = {**config["train"], **entry.get("train", {}), "format": args.format, "max_steps": args.steps,
+             "eval_every": args.steps, "val_examples": 8, "selection": "last", "checkpoint_every": 0,
+             "conflict_every": 0}
+    args.cache_root.mkdir(parents=True, exist_ok=True)
+    data = bench_gems.dataset_dir(args.cache_root)
+    with tempfile.TemporaryDirectory(dir=args.cache_root) as run_dir:
+        ctx = RunContext(load_prepared(Path(data)), Path(run_dir), seed=42, hparams=method.hparams, train=train,
+                         backbone={**bench_gems.BACKBONE, "cache_root": str(args.cache_root)},
+                         device=config["device"])
+        method.fit(ctx)
+        log = [json.loads(line) for line in (Path(run_dir) / "train_log.jsonl").read_text().splitlines()]
+    if len(snapshots) != len(log) or len(log) <= args.warmup:
+        sys.exit(f"{len(log)} steps, {len(snapshots)} optimizer steps: need more than --warmup {args.warmup}")
+    # snapshot i is taken at the end of step i's optimizer step: phases of steps warmup.. = last − snapshot[w-1]
+    first = snapshots[args.warmup - 1] if args.warmup else collections.defaultdict(float)
+    n = len(log) - args.warmup
+    seconds = [e["seconds"] for e in log]
+    print(f"{args.variant} · {args.format} · step seconds {[round(s, 2) for s in seconds]}")
+    print(f"mean of steps {args.warmup}..{len(log) - 1}: {sum(seconds[args.warmup:]) / n:.3f} s/step")
+    for label in PHASES.values():
+        if label in totals:
+            print(f"  {label:48s} {(snapshots[-1].get(label, 0.0) - first.get(label, 0.0)) / n:7.3f} s/step")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variant", default="gems", choices=list(bench_gems.VARIANTS))
+    p.add_argument("--format", default="timeline", choices=["prompt", "timeline"])
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=3, help="steps left out of the means (allocator warm-up)")
+    p.add_argument("--cache-root", type=Path, default=bench_gems.ROOT / "cache")
+    main(p.parse_args())
