@@ -79,37 +79,51 @@ def dataset_dir(cache_root: Path) -> Path:
     return private
 
 
-# --- worker: one variant, one format, in its own process ----------------------------------------------
-def worker(args) -> dict:
-    import torch
-
+# --- one variant's training run (also used by profile_step.py) ------------------------------------------
+def build_run(variant: str, fmt: str, steps: int, gap: int, data: Path, cache_root: Path, run_dir: Path):
+    """(method, context, configured update_gap or None) for one variant: the config entry's hyper-parameters
+    with the variant's overrides and ``update_gap = gap`` for the subspace methods; the config's train settings
+    in format ``fmt`` for ``steps`` steps, one validation at the end and no gradient-conflict measurement (it
+    is not the method's cost)."""
     from gemsbench.config import method_entry
     from gemsbench.data.format import load_prepared
     from gemsbench.methods.base import RunContext
     from gemsbench.methods.registry import build_method
 
     config = default_config()
-    name, overrides = VARIANTS[args.variant]
+    name, overrides = VARIANTS[variant]
     entry = method_entry(config, name)
     hparams = {**entry.get("hparams", {}), **overrides}
     method = build_method(entry["method"], hparams)
     configured_gap = method.hparams.get("update_gap")
     if configured_gap is not None:
-        method = build_method(entry["method"], {**hparams, "update_gap": args.gap})
-    train = {**config["train"], **entry.get("train", {}), "format": args.format, "max_steps": args.steps,
-             "eval_every": args.steps, "val_examples": 8, "selection": "last", "checkpoint_every": 0,
-             "conflict_every": 0}  # no gradient-conflict measurement: it is not the method's cost
+        method = build_method(entry["method"], {**hparams, "update_gap": gap})
+    train = {**config["train"], **entry.get("train", {}), "format": fmt, "max_steps": steps,
+             "eval_every": steps, "val_examples": 8, "selection": "last", "checkpoint_every": 0,
+             "conflict_every": 0}
+    ctx = RunContext(load_prepared(Path(data)), Path(run_dir), seed=42, hparams=method.hparams, train=train,
+                     backbone={**BACKBONE, "cache_root": str(cache_root)}, device=config["device"])
+    return method, ctx, configured_gap
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "train_log.jsonl").read_text().splitlines()]
+
+
+# --- worker: one variant, one format, in its own process ----------------------------------------------
+def worker(args) -> dict:
+    import torch
+
     load_start = load_average()
     with tempfile.TemporaryDirectory(dir=args.cache_root) as run_dir:
-        ctx = RunContext(load_prepared(Path(args.data)), Path(run_dir), seed=42, hparams=method.hparams,
-                         train=train, backbone={**BACKBONE, "cache_root": str(args.cache_root)},
-                         device=config["device"])
+        method, ctx, configured_gap = build_run(args.variant, args.format, args.steps, args.gap, args.data,
+                                                args.cache_root, run_dir)
         start = time.perf_counter()
         summary = method.fit(ctx)
         wall = time.perf_counter() - start
-        log = [json.loads(line) for line in (Path(run_dir) / "train_log.jsonl").read_text().splitlines()]
+        log = read_log(run_dir)
     cuda = torch.cuda.is_available() and summary["device"].startswith("cuda")
-    return {"variant": args.variant, "method": name, "format": args.format, "hparams": method.hparams,
+    return {"variant": args.variant, "method": VARIANTS[args.variant][0], "format": args.format, "hparams": method.hparams,
             "configured_update_gap": configured_gap, "device": summary["device"],
             "threads": torch.get_num_threads(), "wall_seconds": round(wall, 2),
             "setup_seconds": round(wall - summary["train_seconds"], 2),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
+import importlib
 import sys
 import tempfile
 import time
@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_gems  # noqa: E402  (the benchmark's set-up: config, data, backbone, variants)
 
-PHASES = {  # (module attribute path, method name) -> phase label
+PHASES = {  # (module, class, method) -> phase label
     ("gemsbench.train", "Loop", "losses"): "forward",
     ("gemsbench.train", "Loop", "_accumulate"): "backward pass (per task)",
     ("gemsbench.train", "Loop", "joint_backward"): "forward + joint backward",
@@ -44,8 +44,6 @@ PHASES = {  # (module attribute path, method name) -> phase label
 
 def instrument(totals: dict[str, float], snapshots: list[dict[str, float]]) -> None:
     """Wrap every phase in a timer; snapshot the running totals after each optimizer step."""
-    import importlib
-
     for (module, cls_name, name), label in PHASES.items():
         cls = getattr(importlib.import_module(module), cls_name)
         raw = next(k.__dict__[name] for k in cls.__mro__ if name in k.__dict__)  # AdamW inherits its step
@@ -66,32 +64,17 @@ def instrument(totals: dict[str, float], snapshots: list[dict[str, float]]) -> N
 
 
 def main(args) -> None:
-    from gemsbench.config import method_entry
-    from gemsbench.data.format import load_prepared
-    from gemsbench.methods.base import RunContext
-    from gemsbench.methods.registry import build_method
-
     totals: dict[str, float] = collections.defaultdict(float)
     snapshots: list[dict[str, float]] = []
     instrument(totals, snapshots)
-    config = bench_gems.default_config()
-    name, overrides = bench_gems.VARIANTS[args.variant]
-    entry = method_entry(config, name)
-    hparams = {**entry.get("hparams", {}), **overrides}
-    method = build_method(entry["method"], hparams)
-    if "update_gap" in method.hparams:  # no basis refresh among the measured steps
-        method = build_method(entry["method"], {**hparams, "update_gap": 1000})
-    train = {**config["train"], **entry.get("train", {}), "format": args.format, "max_steps": args.steps,
-             "eval_every": args.steps, "val_examples": 8, "selection": "last", "checkpoint_every": 0,
-             "conflict_every": 0}
     args.cache_root.mkdir(parents=True, exist_ok=True)
     data = bench_gems.dataset_dir(args.cache_root)
     with tempfile.TemporaryDirectory(dir=args.cache_root) as run_dir:
-        ctx = RunContext(load_prepared(Path(data)), Path(run_dir), seed=42, hparams=method.hparams, train=train,
-                         backbone={**bench_gems.BACKBONE, "cache_root": str(args.cache_root)},
-                         device=config["device"])
+        # update_gap 1000: no basis refresh among the measured steps
+        method, ctx, _ = bench_gems.build_run(args.variant, args.format, args.steps, 1000, data, args.cache_root,
+                                              run_dir)
         method.fit(ctx)
-        log = [json.loads(line) for line in (Path(run_dir) / "train_log.jsonl").read_text().splitlines()]
+        log = bench_gems.read_log(run_dir)
     if len(snapshots) != len(log) or len(log) <= args.warmup:
         sys.exit(f"{len(log)} steps, {len(snapshots)} optimizer steps: need more than --warmup {args.warmup}")
     # snapshot i is taken at the end of step i's optimizer step: phases of steps warmup.. = last − snapshot[w-1]
