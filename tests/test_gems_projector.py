@@ -60,3 +60,29 @@ def test_invalid_arguments_name_the_value():
         compute_basis(torch.randn(3, 3), 2, "right", svd="qr")
     with pytest.raises(ValueError, match="rank=0"):
         compute_basis(torch.randn(3, 3), 0, "right")
+
+
+@pytest.mark.parametrize(("shape", "side"), [((40, 24), "right"), ((24, 40), "left")])
+def test_exact_basis_is_the_svd_top_subspace(shape, side):
+    """The Gram-matrix eigendecomposition gives the top singular subspace a float64 SVD gives."""
+    gen = torch.Generator().manual_seed(3)
+    m, n = shape
+    u = torch.linalg.qr(torch.randn(m, min(m, n), generator=gen, dtype=torch.float64)).Q
+    v = torch.linalg.qr(torch.randn(n, min(m, n), generator=gen, dtype=torch.float64)).Q
+    spectrum = torch.logspace(0, -3, min(m, n), dtype=torch.float64)  # distinct values, three decades
+    g = u @ torch.diag(spectrum) @ v.T
+    k = 6
+    uu, _, vh = torch.linalg.svd(g, full_matrices=False)
+    reference = vh[:k].T if side == "right" else uu[:, :k]
+    basis = compute_basis(g.float(), k, side, svd="exact")
+    torch.testing.assert_close(basis.double() @ basis.double().T, reference @ reference.T, atol=1e-5, rtol=0)
+
+
+def test_exact_basis_captures_the_svd_energy_of_a_rank_deficient_gradient():
+    """Rank 3 < requested 5: the top-3 directions are determined and hold all the energy; the other two are
+    any orthonormal completion (as with an SVD)."""
+    gen = torch.Generator().manual_seed(4)
+    g = torch.randn(30, 3, generator=gen) @ torch.randn(3, 12, generator=gen)
+    basis = compute_basis(g, 5, "right", svd="exact")
+    torch.testing.assert_close(basis.T @ basis, torch.eye(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close((g @ basis).norm(), g.norm(), atol=0, rtol=1e-5)
