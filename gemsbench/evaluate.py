@@ -20,7 +20,8 @@ from .metrics import DEFAULT_KS, metric_names, metrics_from_ranks, target_ranks
 PROTOCOLS = ("sampled", "full")
 
 
-def _sampled(scores: torch.Tensor, chunk: pd.DataFrame):
+def sampled_candidates(scores: torch.Tensor, chunk: pd.DataFrame):
+    """(candidate scores, is-target mask, valid mask) of the sampled protocol: each row's stored candidates."""
     cands = [list(c) for c in chunk["candidates"]]
     if any(len(c) == 0 for c in cands):
         raise ValueError("sampled protocol needs stored candidates; this split has examples without any")
@@ -58,7 +59,7 @@ def evaluate(scorer, examples: pd.DataFrame, protocols=PROTOCOLS, ks=DEFAULT_KS,
         if not torch.isfinite(scores).all():
             raise ValueError("scorer returned non-finite scores; the model is broken (check its training log)")
         for protocol in protocols:
-            s, is_t, valid = (_sampled if protocol == "sampled" else _full)(scores, chunk)
+            s, is_t, valid = (sampled_candidates if protocol == "sampled" else _full)(scores, chunk)
             m = metrics_from_ranks(target_ranks(s, is_t, valid), is_t, ks)
             df = pd.DataFrame({"example_id": chunk["example_id"].to_numpy(), "user": chunk["user"].to_numpy(),
                                "task": chunk["task"].to_numpy(), "protocol": protocol, **m})

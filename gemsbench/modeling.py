@@ -66,6 +66,11 @@ def task_loss_sums(model: nn.Module, batch: dict, item_token_ids: torch.Tensor, 
     over the item tokens only (cheaper, and what ranking uses).
     """
     hidden = labelled_hidden(model, batch, is_encoder_decoder)
+    return _loss_sums(model, hidden, batch, item_token_ids, loss_vocab)
+
+
+def _loss_sums(model: nn.Module, hidden: torch.Tensor, batch: dict, item_token_ids: torch.Tensor,
+               loss_vocab: str) -> tuple[torch.Tensor, torch.Tensor]:
     if loss_vocab == "full":
         logits = vocab_logits(model, hidden)
         target = item_token_ids[batch["label_item"]]
@@ -77,6 +82,16 @@ def task_loss_sums(model: nn.Module, batch: dict, item_token_ids: torch.Tensor, 
     ce = F.cross_entropy(logits, target, reduction="none")
     is_search = batch["label_task"] == 1
     return ce[~is_search].sum(), ce[is_search].sum()
+
+
+@torch.no_grad()
+def scores_and_loss_sums(model: nn.Module, batch: dict, item_token_ids: torch.Tensor, is_encoder_decoder: bool,
+                         loss_vocab: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`score_items` and :func:`task_loss_sums` of one evaluation batch from a single forward pass
+    (validation needs both; two passes doubled its cost)."""
+    hidden = labelled_hidden(model, batch, is_encoder_decoder)
+    rec, search = _loss_sums(model, hidden, batch, item_token_ids, loss_vocab)
+    return item_logits(model, hidden, item_token_ids), rec, search
 
 
 @torch.no_grad()

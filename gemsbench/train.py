@@ -33,8 +33,9 @@ from gems.targets import DEFAULT_TARGETS
 from .backbone import add_item_tokens, load_backbone
 from .formats import Encoder, FormatConfig, count_labels, shuffled_order, subset_batch
 from .methods.base import LLMMethod, RunContext, TaskGradients
+from .evaluate import sampled_candidates
 from .metrics import metrics_from_ranks, target_ranks
-from .modeling import autocast, score_items, task_loss_sums
+from .modeling import autocast, score_items, scores_and_loss_sums, task_loss_sums
 
 log = logging.getLogger(__name__)
 
@@ -293,23 +294,16 @@ class Loop:
     def validate(self) -> dict:
         self.model.eval()
         k = int(self.s.selection.split("@")[1]) if self.s.selection.startswith("ndcg@") else 5
-        ndcg, losses = [], []
-        for i in range(0, len(self.valid), self.s.eval_batch_size):
-            chunk = self.valid.iloc[i:i + self.s.eval_batch_size]
-            batch = self._to_device(self.b.encoder.collate_eval(chunk))
+        ndcg, losses = np.empty(len(self.valid)), []
+        for positions, batch in self.b.encoder.eval_batches(self.valid, self.s.eval_batch_size):
+            batch = self._to_device(batch)
             self.method.before_forward(self.model, batch)
             with autocast(self.device, self.s.precision):
-                scores = score_items(self.model, batch, self.b.item_ids, self.b.is_encoder_decoder).cpu()
-                rec, search = task_loss_sums(self.model, batch, self.b.item_ids, self.b.is_encoder_decoder,
-                                             self.s.loss_vocab)
+                scores, rec, search = scores_and_loss_sums(self.model, batch, self.b.item_ids,
+                                                           self.b.is_encoder_decoder, self.s.loss_vocab)
             losses.append((rec + search).item())
-            cands = [list(c) for c in chunk["candidates"]]
-            width = max(len(c) for c in cands)
-            idx = torch.tensor([c + [0] * (width - len(c)) for c in cands])
-            valid = torch.tensor([[j < len(c) for j in range(width)] for c in cands])
-            is_t = torch.tensor([[j < len(t) for j in range(width)] for t in chunk["targets"]])
-            ranks = target_ranks(scores.gather(1, idx), is_t, valid)
-            ndcg.extend(metrics_from_ranks(ranks, is_t, (k,))[f"ndcg@{k}"].tolist())
+            s, is_t, valid = sampled_candidates(scores.float().cpu(), self.valid.iloc[positions])
+            ndcg[positions] = metrics_from_ranks(target_ranks(s, is_t, valid), is_t, (k,))[f"ndcg@{k}"]
         self.model.train()
         by_task = pd.Series(ndcg).groupby(self.valid["task"].to_numpy()).mean()
         return {f"val_ndcg@{k}": float(by_task.mean()), "val_loss": float(sum(losses) / len(self.valid)),
@@ -547,14 +541,13 @@ class LLMScorer:
 
     @torch.no_grad()
     def score(self, examples: pd.DataFrame) -> torch.Tensor:
-        out = []
-        for i in range(0, len(examples), self.batch_size):
-            batch = self.b.encoder.collate_eval(examples.iloc[i:i + self.batch_size])
+        out = torch.empty((len(examples), len(self.b.item_ids)))
+        for positions, batch in self.b.encoder.eval_batches(examples, self.batch_size):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             self.method.before_forward(self.b.model, batch)
             with autocast(self.device, self.precision):
-                out.append(score_items(self.b.model, batch, self.b.item_ids, self.b.is_encoder_decoder).cpu())
-        return torch.cat(out).float()
+                out[positions] = score_items(self.b.model, batch, self.b.item_ids, self.b.is_encoder_decoder).float().cpu()
+        return out
 
 
 def load_llm_scorer(method: LLMMethod, ctx: RunContext) -> LLMScorer:
@@ -564,4 +557,5 @@ def load_llm_scorer(method: LLMMethod, ctx: RunContext) -> LLMScorer:
     if not best.exists():
         raise TrainingError(f"no trained model at {best}; run the train step for this run first")
     load_trainable_state(built.model, torch.load(best, map_location=resolve_device(ctx.device), weights_only=True))
+    method.prepare_inference(built.model)
     return LLMScorer(built, method, resolve_device(ctx.device), settings.precision, settings.eval_batch_size)

@@ -68,6 +68,24 @@ def test_eval_batch_predicts_first_target_at_last_context_position(llama, synthe
                 targets[0] in sum(test["history"].tolist(), [])
 
 
+@pytest.mark.parametrize("name", ["prompt", "timeline"])
+def test_eval_batches_group_by_length_and_cover_every_example_once(name, llama, synthetic_dataset):
+    test = synthetic_dataset.splits["test"]
+    enc = Encoder(llama.tokenizer, llama.item_token_ids, False, FormatConfig(name=name))
+    seen, longest, prev_max = [], [], 0
+    for positions, batch in enc.eval_batches(test, 5):
+        assert len(positions) <= 5
+        want = enc.collate_eval(test.iloc[positions])  # the batch is exactly those rows, collated
+        assert want.keys() == batch.keys() and all(torch.equal(want[k], batch[k]) for k in want)
+        lengths = batch["attention_mask"].sum(1)
+        longest.append(int(lengths.max()))
+        assert int(lengths.min()) >= prev_max  # shortest first: batches do not interleave
+        prev_max = int(lengths.max())
+        seen += positions
+    assert sorted(seen) == list(range(len(test)))
+    assert longest == sorted(longest) and len(set(longest)) > 1
+
+
 def test_subset_batch_keeps_one_task(llama, synthetic_dataset):
     enc = Encoder(llama.tokenizer, llama.item_token_ids, False, FormatConfig(name="prompt"))
     units = enc.training_units(synthetic_dataset.splits["train"], synthetic_dataset.events)[:10]

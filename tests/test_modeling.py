@@ -4,7 +4,7 @@ import torch
 
 from gemsbench.backbone import add_item_tokens, load_backbone
 from gemsbench.formats import Encoder, FormatConfig
-from gemsbench.modeling import score_items, task_loss_sums
+from gemsbench.modeling import score_items, scores_and_loss_sums, task_loss_sums
 
 
 def beam_ranking(bb, input_ids, candidate_tokens):
@@ -61,3 +61,21 @@ def test_task_losses_split_by_label_task(synthetic_dataset):
     ce = torch.nn.functional.cross_entropy(logits[pos[:, 0], pos[:, 1]], ids[batch["label_item"]], reduction="none")
     torch.testing.assert_close(rec.detach(), ce[batch["label_task"] == 0].sum())
     torch.testing.assert_close(search.detach(), ce[batch["label_task"] == 1].sum())
+
+
+@pytest.mark.parametrize("loss_vocab", ["full", "items"])
+def test_one_pass_scores_and_losses_equal_the_two_pass_ones(synthetic_dataset, loss_vocab):
+    """Validation's single forward pass gives exactly what score_items and task_loss_sums give apart."""
+    bb = load_backbone({"source": "tiny_llama"})
+    add_item_tokens(bb, synthetic_dataset.items["title"].tolist())
+    enc = Encoder(bb.tokenizer, bb.item_token_ids, False, FormatConfig(name="timeline"))
+    batch = enc.collate_eval(synthetic_dataset.splits["valid"].iloc[:6])
+    ids = torch.tensor(bb.item_token_ids)
+    bb.model.eval()
+    scores, rec, search = scores_and_loss_sums(bb.model, batch, ids, False, loss_vocab)
+    with torch.no_grad():
+        rec2, search2 = task_loss_sums(bb.model, batch, ids, False, loss_vocab)
+        torch.testing.assert_close(scores, score_items(bb.model, batch, ids, False))
+    torch.testing.assert_close(rec, rec2)
+    torch.testing.assert_close(search, search2)
+    assert bool(batch["label_task"].eq(0).any()) and bool(batch["label_task"].eq(1).any())

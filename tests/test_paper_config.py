@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
 
 from fixtures_paper import write_amazon_unisar_fixture, write_qilin_fixture

@@ -80,6 +80,28 @@ def test_best_checkpoint_reloads_into_a_fresh_model(synthetic_dataset, tmp_path)
     assert scores.shape == (3, synthetic_dataset.n_items) and torch.isfinite(scores).all()
 
 
+@pytest.mark.parametrize("hparams", [{}, {"use_dora": True}, {"init": "pissa"}], ids=["lora", "dora", "pissa"])
+def test_merged_lora_scores_as_the_unmerged_model(hparams, synthetic_dataset, tmp_path):
+    """Evaluation and retention merge LoRA adapters (prepare_inference); the merged model ranks as the trained,
+    unmerged one does."""
+    from gemsbench.train import LLMScorer, TrainSettings, build
+
+    ctx = context(synthetic_dataset, tmp_path)
+    method = build_method("lora", {"lr": 1e-2, **hparams})
+    method.fit(ctx)
+    merged = method.load_scorer(ctx)
+    lora_layers = [m for m in merged.b.model.modules() if hasattr(m, "merged") and hasattr(m, "lora_A")]
+    assert lora_layers and all(m.merged for m in lora_layers)
+    settings = TrainSettings.from_dict(ctx.train)
+    plain = build(method, ctx, settings)
+    load_trainable_state(plain.model, torch.load(tmp_path / "checkpoint" / "best.pt", weights_only=True))
+    b_weights = [p for n, p in plain.model.named_parameters() if "lora_B" in n]
+    assert b_weights and any(bool(p.abs().sum() > 0) for p in b_weights)  # the adapters learned something
+    unmerged = LLMScorer(plain, method, "cpu", "fp32", 4)
+    examples = synthetic_dataset.splits["test"].iloc[:6]
+    torch.testing.assert_close(merged.score(examples), unmerged.score(examples), atol=1e-4, rtol=1e-4)
+
+
 def test_nan_loss_stops_with_a_clear_error(synthetic_dataset, tmp_path):
     loop = Loop(build_method("full_ft", {"lr": 1e-3}), context(synthetic_dataset, tmp_path))
     with torch.no_grad():
@@ -148,3 +170,23 @@ def test_conflict_steps_log_whole_model_and_per_layer_cosines(method, synthetic_
     cos = layer_cosines(tg, ["a", "a", None])
     assert cos == {"a": pytest.approx(-2 / (5 ** 0.5 * 2 ** 0.5))}
     assert task_cosine(tg) == pytest.approx(0.0)
+
+
+def test_fused_adamw_of_the_baselines_takes_the_per_tensor_step():
+    from gemsbench.methods.llm_baselines import ADAMW_DEFAULTS, adamw
+
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(20, 12, generator=gen)) for _ in range(3)]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    fused = adamw(ps, {**ADAMW_DEFAULTS, "lr": 1e-2})
+    assert fused.defaults["fused"]
+    loop = torch.optim.AdamW(qs, lr=1e-2, betas=tuple(ADAMW_DEFAULTS["betas"]), eps=ADAMW_DEFAULTS["eps"],
+                             weight_decay=ADAMW_DEFAULTS["weight_decay"], foreach=False)
+    for _ in range(10):
+        for p, q in zip(ps, qs):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        fused.step()
+        loop.step()
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)

@@ -106,6 +106,11 @@ class LLMMethod(Method):
     def before_forward(self, model: nn.Module, batch: dict) -> None:
         """Hook run before every forward pass (e.g. to route task ids to experts). Default: nothing."""
 
+    def prepare_inference(self, model: nn.Module) -> None:
+        """Called once on the model with its trained weights loaded, before it only scores (evaluation,
+        knowledge retention); never before training. A method may make inference cheaper here without
+        changing what the model computes (LoRA merges its adapters). Default: nothing."""
+
     def optimizer_step(self, optimizer: torch.optim.Optimizer, task_grads: TaskGradients | None) -> dict:
         """Take one step; ``p.grad`` holds the joint gradient. Return values to log (may be empty)."""
         optimizer.step()
