@@ -55,3 +55,20 @@ def test_refuses_a_missing_run_and_oversized_tables(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="must not be committed"):
         publish_reference.main(["--results", str(res), "--out", str(tmp_path / "ref")])
     assert not (tmp_path / "ref").exists()  # nothing half-written
+
+
+def test_readme_table_reads_means_markers_and_costs_from_the_tables(tmp_path):
+    import readme_table
+
+    main = ["dataset,backbone,protocol,run,label,method,task,metric,mean,std,seeds,marker"]
+    for protocol in ("sampled", "full"):
+        for task, base in (("search", 0.2), ("rec", 0.1)):
+            for metric, add in (("ndcg@10", 0.0), ("hr@10", 0.3)):
+                main.append(f"d,b,{protocol},lora,LoRA,lora,{task},{metric},{base + add + 0.0004},0,1,"
+                            + ("†" if (protocol, task, metric) == ("sampled", "search", "ndcg@10") else ""))
+    write(tmp_path / "main.csv", "\n".join(main) + "\n")
+    write(tmp_path / "efficiency.csv", "dataset,backbone,device,run,label,method,quantity,mean,std,seeds\n"
+          "d,b,cpu,lora,LoRA,lora,seconds_per_step,1.234,0,1\nd,b,cpu,lora,LoRA,lora,targets_per_second,66.6,0,1\n")
+    lines = readme_table.table(tmp_path).splitlines()
+    assert lines[0] == readme_table.HEADER and len(lines) == 3
+    assert lines[2] == "| LoRA | 0.200† | 0.500 | 0.100 | 0.400 | 0.200 | 0.100 | 1.23 | 67 |"
