@@ -46,7 +46,7 @@ BACKBONE = {"source": "smollm2_gguf"}
 VARIANTS = {
     "full_ft": ("full_ft", {}),
     "lora": ("lora", {}),
-    "gems": ("gems", {}),  # the defaults: exact SVD, projection products in bf16 under bf16 autocast
+    "gems": ("gems", {}),  # the defaults: exact bases, projection products in bf16 under bf16 autocast
     "gems_rsvd": ("gems", {"svd": "randomized"}),
     "gems_fp32_rsvd": ("gems", {"svd": "randomized", "projection_dtype": "float32"}),
     "gems_no_nsp_rsvd": ("gems_no_nsp", {"svd": "randomized"}),  # what the null-space projection costs

@@ -31,9 +31,9 @@ from tqdm import tqdm
 from gems.targets import DEFAULT_TARGETS
 
 from .backbone import add_item_tokens, load_backbone
+from .evaluate import sampled_candidates
 from .formats import Encoder, FormatConfig, count_labels, shuffled_order, subset_batch
 from .methods.base import LLMMethod, RunContext, TaskGradients
-from .evaluate import sampled_candidates
 from .metrics import metrics_from_ranks, target_ranks
 from .modeling import autocast, score_items, scores_and_loss_sums, task_loss_sums
 
@@ -546,7 +546,8 @@ class LLMScorer:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             self.method.before_forward(self.b.model, batch)
             with autocast(self.device, self.precision):
-                out[positions] = score_items(self.b.model, batch, self.b.item_ids, self.b.is_encoder_decoder).float().cpu()
+                scores = score_items(self.b.model, batch, self.b.item_ids, self.b.is_encoder_decoder)
+            out[positions] = scores.float().cpu()
         return out
 
 
