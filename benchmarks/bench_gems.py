@@ -123,7 +123,8 @@ def worker(args) -> dict:
         wall = time.perf_counter() - start
         log = read_log(run_dir)
     cuda = torch.cuda.is_available() and summary["device"].startswith("cuda")
-    return {"variant": args.variant, "method": VARIANTS[args.variant][0], "format": args.format, "hparams": method.hparams,
+    return {"variant": args.variant, "method": VARIANTS[args.variant][0], "format": args.format,
+            "hparams": method.hparams,
             "configured_update_gap": configured_gap, "device": summary["device"],
             "threads": torch.get_num_threads(), "wall_seconds": round(wall, 2),
             "setup_seconds": round(wall - summary["train_seconds"], 2),
