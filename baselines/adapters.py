@@ -105,3 +105,7 @@ class AdapterMethod(LLMMethod):
 
     def build_optimizer(self, model: nn.Module, total_steps: int) -> torch.optim.Optimizer:
         return adamw([p for p in model.parameters() if p.requires_grad], self.hparams)
+
+    def item_rows(self, model: nn.Module, item_token_ids: list[int]) -> list[tuple[nn.Parameter, None]]:
+        """The trainable copies of the item rows (:class:`ItemRows`), one per distinct matrix."""
+        return [(m.rows, None) for m in model.modules() if isinstance(m, ItemRows)]

@@ -1,4 +1,5 @@
-"""Training and evaluation formats: how examples become token sequences with labelled item positions.
+"""Training and evaluation formats: how examples become token sequences with labelled item positions, and
+how sequences become batches.
 
 * ``prompt`` — one target per example with the release's templates (every backbone). Recommendation
   examples show only recommendation events in their history (as the release does, ``rec_history``).
@@ -6,12 +7,20 @@
   is written before its item; the loss sits at every item position, so one forward pass trains about as many
   targets as the window holds.
 
-Both produce a batch dict for :mod:`gemsbench.modeling`:
-``input_ids``/``attention_mask`` [B,T] (right padded), ``token_task`` [B,T] (0 rec, 1 search: the task of the
-event a token belongs to; at a labelled position, the task of the target it predicts), ``example_task`` [B] (-1 for a window mixing tasks), ``label_pos`` [N,2] (row and
+Batches are sized in tokens (``batch_tokens``), not in sequences, so that every pass does large matrix
+products. On decoder-only backbones sequences are packed back to back into rows of ``pack_length`` tokens
+(first-fit decreasing) with ``position_ids`` restarting at each sequence: the backbone then attends within each
+sequence only, so a packed row computes exactly what the sequences would alone, without the padding a batch of
+unequal sequences carries (a quarter of a padded timeline batch). Encoder-decoder backbones get padded rows of
+similar length instead.
+
+A batch dict for :mod:`gemsbench.modeling` holds ``input_ids`` [B,T] and either ``position_ids`` [B,T]
+(packed rows) or ``attention_mask`` [B,T] (padded rows, right padded); ``lengths`` [B] (real tokens per row),
+``token_task`` [B,T] (0 rec, 1 search: the task of the event a token belongs to; at a labelled position, the
+task of the target it predicts), ``example_task`` [B] (-1 for a row mixing tasks), ``label_pos`` [N,2] (row and
 position whose hidden state predicts a target item), ``label_item`` [N], ``label_task`` [N]; encoder-decoder
-batches add ``decoder_input_ids`` [B,1] (labels are then read at decoder position 0). Evaluation batches put
-one label per row at the first generated position. Each task's loss stays separable via ``label_task``.
+batches add ``decoder_input_ids`` [B,1] (labels are then read at decoder position 0). Evaluation sequences hold
+one label at the first generated position. Each task's loss stays separable via ``label_task``.
 """
 from __future__ import annotations
 
@@ -30,6 +39,16 @@ DEFAULT_TEMPLATES = {
     "search": "Below is the user's interaction history: {history}. The user's search query is: {query}. "
               "Please predict the next item the user might click.",
 }
+
+
+@dataclass
+class Sequence:
+    """One encoded training unit or evaluation example."""
+
+    ids: list[int]
+    token_task: list[int]
+    labels: list[tuple[int, int, int]]  # (position whose hidden state predicts the item, item, task id)
+    task: int  # the task of its labels; -1 when they mix tasks
 
 
 @dataclass
@@ -59,7 +78,7 @@ class Encoder:
     """Turns examples into batches for one backbone and format."""
 
     def __init__(self, tokenizer, item_token_ids: list[int], is_encoder_decoder: bool, cfg: FormatConfig,
-                 decoder_start_token_id: int | None = None):
+                 decoder_start_token_id: int | None = None, pack_length: int = 0):
         if cfg.name == "timeline" and is_encoder_decoder:
             raise ValueError("the timeline format needs a decoder-only backbone; use format: prompt for T5")
         self.tok = tokenizer
@@ -68,6 +87,9 @@ class Encoder:
         self.cfg = cfg
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.decoder_start = decoder_start_token_id
+        if pack_length < 0:
+            raise ValueError(f"pack_length={pack_length} must be >= 0 (0 = one sequence per row)")
+        self.pack_length = pack_length
         self._text_cache: dict[str, list[int]] = {}
 
     def text(self, s: str) -> list[int]:
@@ -141,42 +163,17 @@ class Encoder:
     def unit_targets(self, unit) -> int:
         return 1 if self.cfg.name == "prompt" else len(unit[0]) - 1
 
-    def collate_train(self, units: list) -> dict:
-        seqs, ttasks, labels, ex_task = [], [], [], []
-        for unit in units:
-            if self.cfg.name == "prompt":
-                ids, tt = self.prompt_sequence(unit.task, unit.query, unit.history, unit.history_task)
-                seqs.append(ids)
-                ttasks.append(tt)
-                labels.append([(len(ids) - 1, int(unit.targets[0]), TASK_ID[unit.task])])
-                ex_task.append(TASK_ID[unit.task])
-            else:
-                items, tasks, queries = unit
-                ids, tt, lab = self.timeline_sequence(items, tasks, queries, n_targets=len(items) - 1)
-                seqs.append(ids)
-                ttasks.append(tt)
-                labels.append(lab)
-                kinds = {t for _, _, t in lab}
-                ex_task.append(kinds.pop() if len(kinds) == 1 else -1)
-        return self._pack(seqs, ttasks, labels, ex_task)
+    def train_sequence(self, unit) -> Sequence:
+        if self.cfg.name == "prompt":
+            ids, tt = self.prompt_sequence(unit.task, unit.query, unit.history, unit.history_task)
+            return Sequence(ids, tt, [(len(ids) - 1, int(unit.targets[0]), TASK_ID[unit.task])], TASK_ID[unit.task])
+        items, tasks, queries = unit
+        ids, tt, lab = self.timeline_sequence(items, tasks, queries, n_targets=len(items) - 1)
+        kinds = {t for _, _, t in lab}
+        return Sequence(ids, tt, lab, kinds.pop() if len(kinds) == 1 else -1)
 
-    def collate_eval(self, examples: pd.DataFrame) -> dict:
-        """One row per example; the label sits at the first generated position (target = first target)."""
-        return self._pack(*zip(*(self._eval_row(r) for r in examples.itertuples(index=False))))
-
-    def eval_batches(self, examples: pd.DataFrame, batch_size: int) -> Iterator[tuple[list[int], dict]]:
-        """:meth:`collate_eval` batches of at most ``batch_size`` examples grouped by sequence length (shortest
-        first, ties in input order), so that a batch is little padding: on the embedded timeline test set
-        (lengths 32–120 tokens) scoring took a third less time than in input order. Yields ``(positions,
-        batch)``, the batch's rows being ``examples.iloc[positions]``."""
-        rows = [self._eval_row(r) for r in examples.itertuples(index=False)]
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
-        for start in range(0, len(order), batch_size):
-            positions = order[start:start + batch_size]
-            yield positions, self._pack(*zip(*(rows[i] for i in positions)))
-
-    def _eval_row(self, r) -> tuple[list[int], list[int], list[tuple[int, int, int]], int]:
-        """(token ids, token tasks, [(label position, target item, task id)], task id) of one example."""
+    def eval_sequence(self, r) -> Sequence:
+        """One evaluation example: its label sits at the first generated position (target = first target)."""
         if self.cfg.name == "prompt":
             ids, tt = self.prompt_sequence(r.task, r.query, r.history, r.history_task)
             pos = len(ids) - 1
@@ -188,30 +185,137 @@ class Encoder:
             ids, tt, lab = self.timeline_sequence(items, tasks, queries, n_targets=1)
             ids, tt = ids[:-1], tt[:-1]  # drop the target token itself
             pos = lab[0][0]
-        return ids, tt, [(pos, int(r.targets[0]), TASK_ID[r.task])], TASK_ID[r.task]
+        return Sequence(ids, tt, [(pos, int(r.targets[0]), TASK_ID[r.task])], TASK_ID[r.task])
 
-    def _pack(self, seqs, ttasks, labels, ex_task) -> dict:
-        B, T = len(seqs), max(len(s) for s in seqs)
+    # --- batches -----------------------------------------------------------------------------------
+    @property
+    def packs(self) -> bool:
+        """Whether batches pack several sequences into one row (decoder-only backbones, ``pack_length`` > 0)."""
+        return not self.enc_dec and self.pack_length > 0
+
+    def train_batches(self, units: list, batch_tokens: int) -> list[dict]:
+        """The forward/backward passes of one optimizer step over ``units``: every unit exactly once, each pass
+        within ``batch_tokens`` tokens (a longer sequence gets a pass of its own). How the units are split into
+        passes does not change the step's gradient, only how large the matrix products are."""
+        return [batch for _, batch in self.passes([self.train_sequence(u) for u in units], batch_tokens)]
+
+    def eval_batches(self, examples: pd.DataFrame, batch_tokens: int) -> Iterator[tuple[list[int], dict]]:
+        """Scoring passes over ``examples``, each within ``batch_tokens`` tokens. Yields ``(positions, batch)``:
+        the batch's labels belong to ``examples.iloc[positions]``, in that order."""
+        seqs = [self.eval_sequence(r) for r in examples.itertuples(index=False)]
+        yield from self.passes(seqs, batch_tokens)
+
+    def passes(self, seqs: list[Sequence], batch_tokens: int) -> list[tuple[list[int], dict]]:
+        """Split sequences into batches of at most ``batch_tokens`` tokens (rows × width): packed rows of
+        ``pack_length`` tokens where the backbone allows it, else padded rows of similar length. Returns
+        ``(indices, batch)`` pairs; a batch's labels follow its ``indices`` order."""
+        if batch_tokens < 1:
+            raise ValueError(f"batch_tokens={batch_tokens} must be >= 1")
+        if not seqs:
+            return []
+        if not self.packs:
+            order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))  # shortest first, stable
+            out, group = [], []
+            for i in order:
+                if group and (len(group) + 1) * len(seqs[i].ids) > batch_tokens:
+                    out.append((group, self.collate([seqs[j] for j in group])))
+                    group = []
+                group.append(i)
+            out.append((group, self.collate([seqs[j] for j in group])))
+            return out
+        width = max(self.pack_length, max(len(s.ids) for s in seqs))
+        # prompt rows hold one task each, so a row's task subset is whole rows (subset_batch)
+        groups = sorted({s.task for s in seqs}) if self.cfg.name == "prompt" else [None]
+        rows = [row for g in groups for row in pack_rows(
+            [(i, len(s.ids)) for i, s in enumerate(seqs) if g is None or s.task == g], width)]
+        per_pass = max(1, batch_tokens // width)
+        out = []
+        for start in range(0, len(rows), per_pass):
+            part = rows[start:start + per_pass]
+            indices = [i for row in part for i in row]
+            out.append((indices, self.collate_packed([[seqs[i] for i in row] for row in part])))
+        return out
+
+    def collate_train(self, units: list) -> dict:
+        """One padded row per unit, in order."""
+        return self.collate([self.train_sequence(u) for u in units])
+
+    def collate_eval(self, examples: pd.DataFrame) -> dict:
+        """One padded row per example, in order."""
+        return self.collate([self.eval_sequence(r) for r in examples.itertuples(index=False)])
+
+    def collate(self, seqs: list[Sequence]) -> dict:
+        """One sequence per row, right padded (``attention_mask`` 0 on padding)."""
+        B, T = len(seqs), max(len(s.ids) for s in seqs)
         input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
         mask = torch.zeros((B, T), dtype=torch.long)
         token_task = torch.zeros((B, T), dtype=torch.long)
-        for b, (s, tt) in enumerate(zip(seqs, ttasks)):
-            input_ids[b, : len(s)] = torch.tensor(s)
-            mask[b, : len(s)] = 1
-            token_task[b, : len(tt)] = torch.tensor(tt)
-        flat = [(b, p, it, tk) for b, lab in enumerate(labels) for p, it, tk in lab]
-        arr = torch.tensor(flat, dtype=torch.long).reshape(-1, 4)
+        for b, s in enumerate(seqs):
+            input_ids[b, : len(s.ids)] = torch.tensor(s.ids)
+            mask[b, : len(s.ids)] = 1
+            token_task[b, : len(s.token_task)] = torch.tensor(s.token_task)
+        labels = [(b, p, it, tk) for b, s in enumerate(seqs) for p, it, tk in s.labels]
         batch = {"input_ids": input_ids, "attention_mask": mask, "token_task": token_task,
-                 "example_task": torch.tensor(ex_task, dtype=torch.long),
-                 "label_pos": arr[:, :2].clone(), "label_item": arr[:, 2].clone(), "label_task": arr[:, 3].clone()}
+                 "example_task": torch.tensor([s.task for s in seqs], dtype=torch.long),
+                 "lengths": mask.sum(1), **_label_tensors(labels)}
         if self.enc_dec:
             batch["decoder_input_ids"] = torch.full((B, 1), self.decoder_start, dtype=torch.long)
             batch["label_pos"][:, 1] = 0
         return batch
 
+    def collate_packed(self, rows: list[list[Sequence]]) -> dict:
+        """Several sequences per row, back to back: ``position_ids`` restart at 0 with each sequence, which is
+        what tells the backbone to attend within each sequence only (block-diagonal causal attention; the
+        padding at a row's end is a segment of its own). Labels follow the rows' sequence order."""
+        B, T = len(rows), max(sum(len(s.ids) for s in row) for row in rows)
+        input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+        position_ids = torch.zeros((B, T), dtype=torch.long)
+        token_task = torch.zeros((B, T), dtype=torch.long)
+        lengths, ex_task, labels = [], [], []
+        for b, row in enumerate(rows):
+            at = 0
+            for s in row:
+                n = len(s.ids)
+                input_ids[b, at:at + n] = torch.tensor(s.ids)
+                position_ids[b, at:at + n] = torch.arange(n)
+                token_task[b, at:at + n] = torch.tensor(s.token_task)
+                labels += [(b, at + p, it, tk) for p, it, tk in s.labels]
+                at += n
+            position_ids[b, at:] = torch.arange(T - at)
+            lengths.append(at)
+            tasks = {s.task for s in row}
+            ex_task.append(tasks.pop() if len(tasks) == 1 else -1)
+        return {"input_ids": input_ids, "position_ids": position_ids, "token_task": token_task,
+                "example_task": torch.tensor(ex_task, dtype=torch.long),
+                "lengths": torch.tensor(lengths, dtype=torch.long), **_label_tensors(labels)}
+
+
+def pack_rows(lengths: list[tuple[int, int]], width: int) -> list[list[int]]:
+    """First-fit decreasing: ``(index, length)`` pairs into rows of at most ``width`` tokens (a longer one
+    gets a row of its own); rows come out in the order they were opened, each row's indices in the order they
+    were placed. Deterministic: ties in length keep their input order."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i, n in sorted(lengths, key=lambda p: -p[1]):
+        for r, free in enumerate(room):
+            if n <= free:
+                rows[r].append(i)
+                room[r] -= n
+                break
+        else:
+            rows.append([i])
+            room.append(width - n)
+    return rows
+
+
+def _label_tensors(labels: list[tuple[int, int, int, int]]) -> dict:
+    arr = torch.tensor(labels, dtype=torch.long).reshape(-1, 4)
+    return {"label_pos": arr[:, :2].clone(), "label_item": arr[:, 2].clone(), "label_task": arr[:, 3].clone()}
+
 
 def subset_batch(batch: dict, task: int) -> dict | None:
-    """The rows of a batch whose labels all belong to ``task`` (prompt format: disjoint task subsets)."""
+    """The rows of a batch whose labels all belong to ``task`` (prompt format: disjoint task subsets; packed
+    prompt rows hold one task each)."""
     rows = torch.nonzero(batch["example_task"] == task).flatten()
     if len(rows) == 0:
         return None
@@ -222,10 +326,16 @@ def subset_batch(batch: dict, task: int) -> dict | None:
     pos = batch["label_pos"][keep].clone()
     pos[:, 0] = remap[pos[:, 0]]
     out.update(label_pos=pos, label_item=batch["label_item"][keep], label_task=batch["label_task"][keep])
-    width = int(out["attention_mask"].sum(1).max())  # trim padding the subset no longer needs
-    for k in ("input_ids", "attention_mask", "token_task"):
-        out[k] = out[k][:, :width]
+    width = int(out["lengths"].max())  # trim padding the subset no longer needs
+    for k in ("input_ids", "attention_mask", "position_ids", "token_task"):
+        if k in out:
+            out[k] = out[k][:, :width]
     return out
+
+
+def batch_tokens(batch: dict) -> int:
+    """Real (non-padding) tokens of a batch."""
+    return int(batch["lengths"].sum())
 
 
 def count_labels(batch: dict) -> tuple[int, int]:

@@ -32,10 +32,12 @@ from gems.targets import DEFAULT_TARGETS
 
 from .backbone import add_item_tokens, load_backbone
 from .evaluate import sampled_candidates
-from .formats import Encoder, FormatConfig, count_labels, shuffled_order, subset_batch
+from .formats import Encoder, FormatConfig, batch_tokens, count_labels, shuffled_order, subset_batch
 from .methods.base import LLMMethod, RunContext, TaskGradients
 from .metrics import metrics_from_ranks, target_ranks
-from .modeling import autocast, score_items, scores_and_loss_sums, task_loss_sums
+from .modeling import (autocast, packed_attention_is_exact, resolve_precision, score_items, scores_and_loss_sums,
+                       task_loss_sums)
+from .throughput import StepWork, body_parameters, gemm_rate
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +60,17 @@ class TrainSettings:
     patience: int = 0
     batch_size: int = 8
     grad_accum: int = 1
+    batch_tokens: int = 2048
+    pack_length: int = 128
     warmup_ratio: float = 0.01
     schedule: str = "cosine"
-    precision: str = "bf16"
+    precision: str = "auto"
     loss_vocab: str = "full"
     item_init: str = "title_mean"
+    item_lr_scale: float = 1.0
     eval_every: int = 100
     val_examples: int = 200
     selection: str = "ndcg@5"
-    eval_batch_size: int = 32
     max_grad_norm: float = 1.0
     conflict_every: int = 0
     checkpoint_every: int = 0
@@ -106,6 +110,9 @@ class Built:
     encoder: Encoder
     item_ids: torch.Tensor
     is_encoder_decoder: bool
+    precision: str  # resolved: bf16 or fp32
+    body_parameters: int  # the backbone's weights outside its embeddings and head (model FLOPs: 6·N per token)
+    head_shape: tuple[int, int]  # (vocabulary rows, hidden size) of the output head
 
 
 def build(method: LLMMethod, ctx: RunContext, settings: TrainSettings) -> Built:
@@ -113,13 +120,22 @@ def build(method: LLMMethod, ctx: RunContext, settings: TrainSettings) -> Built:
     torch.manual_seed(ctx.seed)
     bb = load_backbone(ctx.backbone, Path(ctx.backbone.get("cache_root", "cache")))
     add_item_tokens(bb, ctx.dataset.items["title"].fillna("").tolist(), settings.item_init, seed=ctx.seed)
+    pack_length = settings.pack_length
+    if pack_length and not bb.is_encoder_decoder and not packed_attention_is_exact(bb.model):
+        log.warning("%s does not keep packed sequences apart (its attention ignores restarting position ids): "
+                    "training and scoring with one sequence per row instead", type(bb.model).__name__)
+        pack_length = 0
+    n_body = body_parameters(bb.model)
+    head_shape = tuple(bb.model.get_output_embeddings().weight.shape)
     torch.manual_seed(ctx.seed)
     model = method.prepare_model(bb.model, bb.item_token_ids)
     device = resolve_device(ctx.device)
     model.to(device)
     start = getattr(bb.model.config, "decoder_start_token_id", None)
-    enc = Encoder(bb.tokenizer, bb.item_token_ids, bb.is_encoder_decoder, settings.format_config(), start)
-    return Built(model, enc, torch.tensor(bb.item_token_ids, device=device), bb.is_encoder_decoder)
+    enc = Encoder(bb.tokenizer, bb.item_token_ids, bb.is_encoder_decoder, settings.format_config(), start,
+                  pack_length=pack_length)
+    return Built(model, enc, torch.tensor(bb.item_token_ids, device=device), bb.is_encoder_decoder,
+                 resolve_precision(settings.precision, device), n_body, head_shape)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -196,6 +212,10 @@ class Loop:
         self.ckpt_dir = self.run_dir / "checkpoint"
         self.step = 0
         self.best = {"metric": None, "step": -1, "evals_since": 0}
+        self.item_rows = method.item_rows(self.model, self.b.encoder.items) if self.s.item_lr_scale != 1 else []
+        vocab_rows, hidden = self.b.head_shape
+        self.head_width = hidden * (vocab_rows if self.s.loss_vocab == "full" else len(self.b.item_ids))
+        self.work = StepWork()
         self._orders: dict[int, np.ndarray] = {}  # epoch -> unit order (a function of seed and epoch)
 
     # --- data ---------------------------------------------------------------------------------
@@ -211,17 +231,18 @@ class Loop:
         return out
 
     def micro_batches(self, step: int) -> list[dict]:
-        units = self.step_units(step)
-        bs = self.s.batch_size
-        return [self._to_device(self.b.encoder.collate_train(units[i:i + bs])) for i in range(0, len(units), bs)]
+        """The step's forward/backward passes, each within ``batch_tokens`` tokens (formats.Encoder.passes)."""
+        return [self._to_device(b) for b in self.b.encoder.train_batches(self.step_units(step), self.s.batch_tokens)]
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}
 
     # --- gradients ----------------------------------------------------------------------------
     def losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        self.work.forward_tokens += batch_tokens(batch)
+        self.work.forward_labels += len(batch["label_item"])
         self.method.before_forward(self.model, batch)
-        with autocast(self.device, self.s.precision):
+        with autocast(self.device, self.b.precision):
             return task_loss_sums(self.model, batch, self.b.item_ids, self.b.is_encoder_decoder, self.s.loss_vocab)
 
     def joint_backward(self, batches: list[dict], n_rec: int, n_search: int) -> tuple[float, float]:
@@ -230,6 +251,7 @@ class Loop:
         for batch in batches:
             rec, search = self.losses(batch)
             ((rec + search) / n).backward()
+            self._count_backward(batch)
             tot_rec += rec.item()
             tot_search += search.item()
         return tot_rec / max(n_rec, 1), tot_search / max(n_search, 1)
@@ -251,13 +273,15 @@ class Loop:
                         continue
                     loss = self.losses(sub)[t]
                     self._accumulate(acc[t], loss / counts[t], retain=False)
+                    self._count_backward(sub)
                     totals[t] += loss.item()
             else:
                 rec, search = self.losses(batch)
                 n_lab = count_labels(batch)
                 for t, loss in ((0, rec), (1, search)):
-                    if n_lab[t]:
+                    if n_lab[t]:  # each task's backward pass runs through the whole shared graph
                         self._accumulate(acc[t], loss / counts[t], retain=(t == 0 and n_lab[1] > 0))
+                        self._count_backward(batch)
                         totals[t] += loss.item()
         for t in (0, 1):  # a parameter the task's loss does not reach gets a zero gradient
             acc[t] = [torch.zeros_like(p) if a is None else a for p, a in zip(self.params, acc[t])]
@@ -279,6 +303,26 @@ class Loop:
                 if g is not None:
                     g.mul_(coef)
 
+    def _count_backward(self, batch: dict) -> None:
+        self.work.backward_tokens += batch_tokens(batch)
+        self.work.backward_labels += len(batch["label_item"])
+
+    def scale_item_updates(self, before: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]) -> None:
+        """``train.item_lr_scale``: the item-token rows' update of this step, multiplied by the scale. Adam-type
+        updates are linear in the learning rate, so this equals a learning rate ``scale`` times larger on those
+        rows, for any optimizer and any way a method holds the rows."""
+        k = self.s.item_lr_scale
+        with torch.no_grad():
+            for param, rows, old in before:
+                if rows is None:
+                    param.copy_(torch.lerp(old, param, k))  # old + k · (new − old)
+                else:
+                    param[rows] = torch.lerp(old, param[rows], k)
+
+    def item_rows_before_step(self) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+        return [(param, rows, (param if rows is None else param[rows]).detach().clone())
+                for param, rows in self.item_rows]
+
     def _accumulate(self, acc: list[torch.Tensor | None], loss: torch.Tensor, retain: bool) -> None:
         """Add the gradient of ``loss`` into ``acc`` (None entries take the new gradient tensor as it is)."""
         grads = torch.autograd.grad(loss, self.params, retain_graph=retain, allow_unused=True)
@@ -295,10 +339,10 @@ class Loop:
         self.model.eval()
         k = int(self.s.selection.split("@")[1]) if self.s.selection.startswith("ndcg@") else 5
         ndcg, losses = np.empty(len(self.valid)), []
-        for positions, batch in self.b.encoder.eval_batches(self.valid, self.s.eval_batch_size):
+        for positions, batch in self.b.encoder.eval_batches(self.valid, self.s.batch_tokens):
             batch = self._to_device(batch)
             self.method.before_forward(self.model, batch)
-            with autocast(self.device, self.s.precision):
+            with autocast(self.device, self.b.precision):
                 scores, rec, search = scores_and_loss_sums(self.model, batch, self.b.item_ids,
                                                            self.b.is_encoder_decoder, self.s.loss_vocab)
             losses.append((rec + search).item())
@@ -358,11 +402,13 @@ class Loop:
         load_start = os.getloadavg()[0]
         train_seconds, targets_seen = 0.0, 0
         timed_seconds, timed_steps = 0.0, 0  # the method's own cost: without conflict measurement
+        timed = StepWork()  # tokens and passes of the timed steps (model FLOPs, MFU)
         ckpt_every = self.s.checkpoint_every or self.s.eval_every
         with open(log_path, "a") as logf, tqdm(total=self.total_steps, initial=self.step,
                                                desc=f"train {self.method.name}", mininterval=5) as bar:
             while self.step < self.total_steps and not self.stopped_early():
                 t0 = time.time()
+                self.work = StepWork()
                 batches = self.micro_batches(self.step)
                 counts = [count_labels(b) for b in batches]
                 n_rec, n_search = sum(c[0] for c in counts), sum(c[1] for c in counts)
@@ -391,7 +437,10 @@ class Loop:
                         f"good checkpoint (if any) is kept in {self.ckpt_dir}.")
                 if self.s.max_grad_norm > 0:
                     self.clip(tg)
+                before = self.item_rows_before_step() if self.item_rows else None
                 extra = self.method.optimizer_step(self.optimizer, tg)
+                if before:
+                    self.scale_item_updates(before)
                 log_seconds += float(extra.pop("log_seconds", 0.0))
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -401,8 +450,12 @@ class Loop:
                 if not measurement_pass:
                     timed_seconds += dt - log_seconds
                     timed_steps += 1
+                    timed.add(self.work)
                 entry.update(loss_rec=loss_rec if n_rec else None, loss_search=loss_search if n_search else None,
-                             n_rec=n_rec, n_search=n_search, lr=self.scheduler.get_last_lr()[0], seconds=dt,
+                             n_rec=n_rec, n_search=n_search, tokens=sum(batch_tokens(b) for b in batches),
+                             passes=len(batches), model_flops=self.work.flops(self.b.body_parameters,
+                                                                               self.head_width),
+                             lr=self.scheduler.get_last_lr()[0], seconds=dt,
                              log_seconds=round(log_seconds, 4), measurement_pass=measurement_pass,
                              **extra)
                 self.step += 1
@@ -426,6 +479,8 @@ class Loop:
                 bar.set_postfix(rec=f"{loss_rec:.3f}", search=f"{loss_search:.3f}")
         # last.pt (weights + optimizer state) only serves resuming an interrupted run: drop it once finished
         (self.ckpt_dir / "last.pt").unlink(missing_ok=True)
+        flops = timed.flops(self.b.body_parameters, self.head_width)
+        gemm = gemm_rate(self.b.precision, self.device) if timed_seconds > 0 else None
         summary = {
             "method": self.method.name, "steps": self.step, "resumed": resumed,
             "wall_seconds": time.time() - t_start, "train_seconds": train_seconds,
@@ -436,6 +491,11 @@ class Loop:
             "seconds_per_step": timed_seconds / timed_steps if timed_steps else
             train_seconds / max(1, self.step - first_step),
             "seconds_per_step_all": train_seconds / max(1, self.step - first_step),
+            # throughput of the timed steps (module gemsbench.throughput: what the model FLOPs count)
+            "tokens_per_second": timed.forward_tokens / timed_seconds if timed_seconds else None,
+            "model_flops_per_second": flops / timed_seconds if timed_seconds else None,
+            "gemm_flops_per_second": gemm, "mfu": flops / timed_seconds / gemm if gemm else None,
+            "precision": self.b.precision, "body_parameters": self.b.body_parameters,
             "trainable_parameters": int(sum(p.numel() for p in self.params)),
             "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
             "peak_memory_bytes": peak_memory_bytes(self.device),
@@ -535,14 +595,15 @@ def train_llm(method: LLMMethod, ctx: RunContext) -> dict:
 class LLMScorer:
     """Scores all items with a fine-tuned backbone (item-token logits at the first generated position)."""
 
-    def __init__(self, built: Built, method: LLMMethod, device: str, precision: str, batch_size: int):
-        self.b, self.method, self.device, self.precision, self.batch_size = built, method, device, precision, batch_size
+    def __init__(self, built: Built, method: LLMMethod, device: str, batch_tokens: int):
+        self.b, self.method, self.device, self.batch_tokens = built, method, device, batch_tokens
+        self.precision = built.precision
         self.b.model.eval()
 
     @torch.no_grad()
     def score(self, examples: pd.DataFrame) -> torch.Tensor:
         out = torch.empty((len(examples), len(self.b.item_ids)))
-        for positions, batch in self.b.encoder.eval_batches(examples, self.batch_size):
+        for positions, batch in self.b.encoder.eval_batches(examples, self.batch_tokens):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             self.method.before_forward(self.b.model, batch)
             with autocast(self.device, self.precision):
@@ -559,4 +620,4 @@ def load_llm_scorer(method: LLMMethod, ctx: RunContext) -> LLMScorer:
         raise TrainingError(f"no trained model at {best}; run the train step for this run first")
     load_trainable_state(built.model, torch.load(best, map_location=resolve_device(ctx.device), weights_only=True))
     method.prepare_inference(built.model)
-    return LLMScorer(built, method, resolve_device(ctx.device), settings.precision, settings.eval_batch_size)
+    return LLMScorer(built, method, resolve_device(ctx.device), settings.batch_tokens)

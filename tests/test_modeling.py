@@ -79,3 +79,16 @@ def test_one_pass_scores_and_losses_equal_the_two_pass_ones(synthetic_dataset, l
     torch.testing.assert_close(rec, rec2)
     torch.testing.assert_close(search, search2)
     assert bool(batch["label_task"].eq(0).any()) and bool(batch["label_task"].eq(1).any())
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_bf16_natively(monkeypatch):
+    from gemsbench import modeling
+    assert modeling.cpuinfo_has_native_bf16("processor: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    assert modeling.cpuinfo_has_native_bf16("flags : fpu amx_bf16 amx_tile\n")
+    assert not modeling.cpuinfo_has_native_bf16("flags\t: fpu avx avx2 fma f16c\n")  # AVX2 only: emulated bf16
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(modeling, "cpu_has_native_bf16", lambda: native)
+        assert modeling.resolve_precision("auto", "cpu") == want
+        assert modeling.resolve_precision("fp32", "cpu") == "fp32" and modeling.resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="unknown precision"):
+        modeling.resolve_precision("fp16", "cpu")

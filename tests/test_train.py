@@ -40,6 +40,26 @@ def test_two_task_passes_give_the_joint_gradient(fmt, source, synthetic_dataset,
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("fmt,source", [("timeline", "tiny_llama"), ("prompt", "tiny_llama"), ("prompt", "tiny_t5")])
+def test_a_steps_gradient_does_not_depend_on_how_it_is_split_into_passes(fmt, source, synthetic_dataset, tmp_path):
+    """One padded pass, many small packed (or, for T5, padded) passes: the same joint and task gradients."""
+    def gradients(**train):
+        loop = Loop(build_method("full_ft"), context(synthetic_dataset, tmp_path, fmt, source, batch_size=8, **train))
+        loop.model.eval()
+        batches = loop.micro_batches(0)
+        n_rec = sum(int((b["label_task"] == 0).sum()) for b in batches)
+        n_search = sum(int((b["label_task"] == 1).sum()) for b in batches)
+        tg = loop.task_backward(batches, n_rec, n_search)
+        return len(batches), [p.grad.clone() for p in loop.params], tg.rec, tg.search
+
+    n_one, joint, rec, search = gradients(pack_length=0, batch_tokens=100_000)
+    n_many, joint2, rec2, search2 = gradients(pack_length=64, batch_tokens=128)
+    assert n_one == 1 and n_many > 2
+    for want, got in ((joint, joint2), (rec, rec2), (search, search2)):
+        for w, g in zip(want, got):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
 def final_state(loop):
     return {n: p.detach().clone() for n, p in loop.model.named_parameters() if p.requires_grad}
 
@@ -97,7 +117,7 @@ def test_merged_lora_scores_as_the_unmerged_model(hparams, synthetic_dataset, tm
     load_trainable_state(plain.model, torch.load(tmp_path / "checkpoint" / "best.pt", weights_only=True))
     b_weights = [p for n, p in plain.model.named_parameters() if "lora_B" in n]
     assert b_weights and any(bool(p.abs().sum() > 0) for p in b_weights)  # the adapters learned something
-    unmerged = LLMScorer(plain, method, "cpu", "fp32", 4)
+    unmerged = LLMScorer(plain, method, "cpu", 256)
     examples = synthetic_dataset.splits["test"].iloc[:6]
     torch.testing.assert_close(merged.score(examples), unmerged.score(examples), atol=1e-4, rtol=1e-4)
 
@@ -190,3 +210,43 @@ def test_fused_adamw_of_the_baselines_takes_the_per_tensor_step():
         loop.step()
     for p, q in zip(ps, qs):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["full_ft", "lora", "moe_lora", "gems_no_nsp"])
+def test_item_lr_scale_multiplies_the_item_rows_update_only(method, synthetic_dataset, tmp_path):
+    """One step from the same state: the item rows move ``scale`` times as far, every other weight alike."""
+    def one_step(scale):
+        loop = Loop(build_method(method), context(synthetic_dataset, tmp_path / str(scale), max_steps=1,
+                                                  item_lr_scale=scale, conflict_every=0))
+        rows = loop.method.item_rows(loop.model, loop.b.encoder.items)
+        assert rows, "the method must say where its item rows are"
+        start = final_state(loop)
+        loop.model.eval()
+        batches = loop.micro_batches(0)
+        n_rec = sum(int((b["label_task"] == 0).sum()) for b in batches)
+        n_search = sum(int((b["label_task"] == 1).sum()) for b in batches)
+        tg = loop.task_backward(batches, n_rec, n_search) if loop.method.uses_task_gradients else None
+        if tg is None:
+            loop.joint_backward(batches, n_rec, n_search)
+        before = loop.item_rows_before_step() if loop.item_rows else None
+        loop.method.optimizer_step(loop.optimizer, tg)
+        if before:
+            loop.scale_item_updates(before)
+        names = {id(p): n for n, p in loop.model.named_parameters()}
+        return start, final_state(loop), [(names[id(p)], r) for p, r in rows]
+
+    start, plain, rows = one_step(1.0)
+    _, scaled, _ = one_step(3.0)
+    item_names = {n for n, _ in rows}
+    for name, r in rows:
+        sel = slice(None) if r is None else r
+        delta, delta3 = plain[name][sel] - start[name][sel], scaled[name][sel] - start[name][sel]
+        assert delta.abs().max() > 0
+        torch.testing.assert_close(delta3, 3 * delta, rtol=1e-4, atol=1e-7)
+        if r is not None:  # the other rows of the same matrix move as without the scale
+            others = torch.ones(len(plain[name]), dtype=torch.bool)
+            others[r] = False
+            torch.testing.assert_close(scaled[name][others], plain[name][others])
+    for name in plain:
+        if name not in item_names:
+            torch.testing.assert_close(scaled[name], plain[name])

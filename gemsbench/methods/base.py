@@ -103,6 +103,17 @@ class LLMMethod(Method):
     def build_optimizer(self, model: nn.Module, total_steps: int) -> torch.optim.Optimizer:
         """The optimizer over the model's trainable parameters; the loop adds the learning-rate schedule."""
 
+    def item_rows(self, model: nn.Module, item_token_ids: list[int]) -> list[tuple[nn.Parameter, torch.Tensor | None]]:
+        """The trainable tensors that hold the item tokens' rows: ``(param, row indices)`` for a whole
+        vocabulary matrix, ``(param, None)`` for a tensor of item rows only (``train.item_lr_scale`` scales
+        their updates). Default: the input embedding and an untied output head, where trainable."""
+        matrices = [model.get_input_embeddings().weight]
+        head = model.get_output_embeddings()
+        if head is not None and head.weight is not matrices[0]:
+            matrices.append(head.weight)
+        rows = torch.tensor(item_token_ids, dtype=torch.long, device=matrices[0].device)
+        return [(w, rows) for w in matrices if w.requires_grad]
+
     def before_forward(self, model: nn.Module, batch: dict) -> None:
         """Hook run before every forward pass (e.g. to route task ids to experts). Default: nothing."""
 

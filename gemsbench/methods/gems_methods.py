@@ -60,7 +60,8 @@ from gems.targets import DEFAULT_TARGETS
 from ..data.format import atomic_write_json
 from ..knowledge import (KnowledgeSpace, ensure_eigendecompositions, ensure_knowledge_space, knowledge_space_path,
                          layer_type_summary, load_eigendecompositions, null_space_row)
-from ..train import TrainSettings
+from ..modeling import resolve_precision
+from ..train import TrainSettings, resolve_device
 from .base import LLMMethod, RunContext, TaskGradients
 from .registry import register_method
 
@@ -125,7 +126,10 @@ class SubspaceMethod(LLMMethod):
         choice = self.hparams["projection_dtype"]
         if choice != "auto":
             return choice
-        precision = TrainSettings.from_dict(self.context.train).precision if self.context else "fp32"
+        if self.context is None:
+            return "float32"
+        precision = resolve_precision(TrainSettings.from_dict(self.context.train).precision,
+                                      resolve_device(self.context.device))
         return "bfloat16" if precision == "bf16" else "float32"
 
     def knowledge_space(self) -> KnowledgeSpace:

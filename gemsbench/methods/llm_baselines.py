@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from peft import LoraConfig, get_peft_model
+from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 from torch import nn
 
 from .base import LLMMethod
@@ -71,6 +72,16 @@ class LoRA(LLMMethod):
 
     def prepare_model(self, model, item_token_ids):
         return get_peft_model(model, self.lora_config(model, item_token_ids))
+
+    def item_rows(self, model, item_token_ids):
+        """peft's trainable item-token rows (one delta tensor shared by the embedding and a tied head)."""
+        seen: dict[int, nn.Parameter] = {}
+        for m in model.modules():
+            if isinstance(m, TrainableTokensLayer):
+                for p in m.trainable_tokens_delta.values():
+                    if p.requires_grad:
+                        seen.setdefault(id(p), p)
+        return [(p, None) for p in seen.values()]
 
     def prepare_inference(self, model):
         """Merge the adapters (and item-token rows) into the weights: the same function, without the
