@@ -1,6 +1,7 @@
 # GEMS reproduction suite: `snakemake --cores all` runs the embedded default end to end.
 # Rules are thin: each calls a `python -m gemsbench.cli.<stage>` entry point that also runs on its own.
-# Named targets (main_table, ablation, sensitivity, conflict, knowledge, efficiency, figures, report, all):
+# Named targets (main_table, ablation, sensitivity, conflict, convergence, knowledge, efficiency, figures, report,
+# all):
 # workflow/rules/targets.smk.
 from snakemake.utils import min_version
 
@@ -41,6 +42,7 @@ rule all:
         rules.ablation_table.output,
         rules.efficiency_table.output,
         rules.conflict_csv.output,
+        rules.convergence_table.output,
         RETENTION_OUTPUTS,
         SENSITIVITY_OUTPUTS,
         PUBLISHED_FIGURES,

@@ -310,3 +310,27 @@ def knowledge_figure(summary: pd.DataFrame, stem: Path, title: str = "") -> list
         if title:
             fig.suptitle(title, fontsize=8)
         return save(fig, stem)
+
+
+def convergence_figure(curves: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
+    """Validation metric against training targets, one line per LLM run (mean over seeds at each validation),
+    a panel per task (rows of convergence.csv for one dataset and backbone)."""
+    if curves.empty:
+        raise ValueError("no validations in the convergence table: no LLM run was trained")
+    runs = _runs(curves)
+    panels = [(f"value_{t}", TASK_LABEL[t]) for t in TASK_ORDER if curves[f"value_{t}"].notna().any()]
+    metric = curves["metric"].iloc[0].removeprefix("val_")
+    with matplotlib.rc_context(STYLE):
+        fig = _figure(1.9)
+        axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+        for ax, (column, task) in zip(axes, panels):
+            for run, _ in runs:
+                mean = curves[curves["run"] == run].groupby("targets", sort=True)[column].mean()
+                ax.plot(mean.index / 1000, mean.to_numpy(), color=method_colour(run), marker="o", markersize=1.5)
+            ax.set_title(task)
+            ax.set_xlabel("Training targets (k)")
+        axes[0].set_ylabel(f"Validation {metric_label(metric)}")
+        _legend(fig, runs, kind="line")
+        if title:
+            fig.suptitle(title, fontsize=8)
+        return save(fig, stem)

@@ -77,7 +77,8 @@ def test_retention_measures_only_the_first_retention_seeds_seeds(tmp_path):
     assert len(jobs) == len(llm_runs) and all("/seed1/" in line for line in jobs)
 
 
-TARGETS = ["main_table", "ablation", "sensitivity", "conflict", "knowledge", "efficiency", "figures", "report"]
+TARGETS = ["main_table", "ablation", "sensitivity", "conflict", "convergence", "knowledge", "efficiency", "figures",
+           "report"]
 
 
 def test_all_makes_every_named_target(dag_run):
@@ -89,11 +90,12 @@ def test_all_makes_every_named_target(dag_run):
     for name in ("main", "ablation", "efficiency", "knowledge", "sensitivity"):
         for ext in ("csv", "md", "tex"):
             assert (res / "tables" / f"{name}.{ext}").stat().st_size > 0, (name, ext)
-    for name in ("significance.csv", "conflict.csv", "conflict_summary.csv", "conflict_layers.csv", "conflict.md"):
+    for name in ("significance.csv", "conflict.csv", "conflict_summary.csv", "conflict_layers.csv", "conflict.md",
+                 "convergence.csv", "convergence_summary.csv", "convergence.md"):
         assert (res / "tables" / name).stat().st_size > 0, name
     stems = ["main_ml100k_tiny_llama_sampled", "main_ml100k_tiny_llama_full", "efficiency_ml100k_tiny_llama",
              "conflict_ml100k_tiny_llama", "conflict_layers_ml100k_tiny_llama", "knowledge_ml100k_tiny_llama",
-             "sensitivity_ml100k_tiny_llama"]
+             "sensitivity_ml100k_tiny_llama", "convergence_ml100k_tiny_llama"]
     drawn = sorted(p.name for p in (res / "figures").iterdir())
     assert drawn == sorted(f"{s}.{e}" for s in stems for e in ("pdf", "png"))
     assert sorted(p.name for p in (res / "paper_figures").iterdir()) == drawn  # config: paper_figures_dir
@@ -111,6 +113,21 @@ def test_figures_are_redrawn_from_saved_tables_without_retraining(dag_run):
     r = snakemake(work, "--cores", "2", "figures")
     assert r.returncode == 0, r.stderr[-3000:]
     ran = set(re.findall(r"^(?:local)?rule (\w+):", r.stdout + r.stderr, flags=re.M))
-    assert ran and ran <= {"analysis_figures", "knowledge_figures", "sensitivity_figures", "publish_figure",
-                           "figures"}, ran
-    assert len(list((res / "paper_figures").iterdir())) == 14
+    assert ran and ran <= {"analysis_figures", "knowledge_figures", "sensitivity_figures", "convergence_figures",
+                           "publish_figure", "figures"}, ran
+    assert len(list((res / "paper_figures").iterdir())) == 16
+
+
+def test_convergence_table_has_every_llm_runs_validations(dag_run):
+    work, _ = dag_run
+    res = work / "results" / "test"
+    cfg = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    curves = pd.read_csv(res / "tables" / "convergence.csv")
+    llm = {name for name, spec in cfg["methods"].items() if spec["method"] != "popularity"}
+    assert set(curves["run"]) == llm
+    steps = cfg["train"]["max_steps"] // cfg["train"]["eval_every"]
+    for _, grp in curves.groupby(["run", "seed"]):
+        assert len(grp) == steps and grp["targets"].is_monotonic_increasing and (grp["targets"] > 0).all()
+        assert grp["value"].between(0, 1).all()
+    summary = pd.read_csv(res / "tables" / "convergence_summary.csv")
+    assert set(summary["run"]) == llm

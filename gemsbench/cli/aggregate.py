@@ -11,6 +11,8 @@
   keeps (``ablation.{csv,md,tex}``).
 * ``--table sensitivity``: evaluation summaries of the sensitivity sweep runs and of the base entry's main-grid
   runs -> metric per grid point, task and protocol over the sweep seeds (``sensitivity.{csv,md,tex}``).
+* ``--table convergence``: training summaries -> the validations logged beside them against training targets
+  (``convergence.csv`` per validation, ``convergence_summary.csv`` and ``convergence.md`` per run).
 * ``--table knowledge``: retention JSONs of the runs and of their pre-trained backbones (gemsbench.cli.retention,
   run and ``--base`` mode) -> perplexity and cloze accuracy before / after fine-tuning per run
   (``knowledge.{csv,md,tex}``).
@@ -23,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import load_config
+from ..convergence import collect_convergence, convergence_markdown, convergence_summary
 from ..sensitivity import sensitivity_latex, sensitivity_markdown, sensitivity_note, sensitivity_table
 from ..tables import (ABLATION_NOTE, ablation_summary, collect, collect_conflict, collect_efficiency,
                       collect_layer_conflict, conflict_markdown, efficiency_latex, efficiency_markdown,
@@ -126,6 +129,17 @@ def knowledge_table(labels: dict[str, str], retention_paths: list[Path], out: Pa
     print(f"knowledge table: {out / 'knowledge.md'}")
 
 
+def convergence_tables(labels: dict[str, str], summaries: list[Path], out: Path):
+    curves = collect_convergence(summaries, labels)
+    summary = convergence_summary(curves)
+    write_text_atomic(out / "convergence.csv", curves.to_csv(index=False))
+    write_text_atomic(out / "convergence_summary.csv", summary.to_csv(index=False))
+    md = [convergence_markdown(grp, f"Learning curves · {dataset} · {backbone}")
+          for (dataset, backbone), grp in summary.groupby(["dataset", "backbone"], sort=False)]
+    write_text_atomic(out / "convergence.md", "\n".join(md) or "No LLM run logged a validation.\n")
+    print(f"convergence table: {out / 'convergence.md'} (every validation: {out / 'convergence.csv'})")
+
+
 def run(args) -> None:
     config = load_config(args.config)
     labels = {run: spec.get("label", run) for run, spec in config["methods"].items()}
@@ -149,6 +163,8 @@ def run(args) -> None:
         sensitivity_tables(config, summaries, out)
     elif args.table == "knowledge":
         knowledge_table(labels, summaries, out)
+    elif args.table == "convergence":
+        convergence_tables(labels, summaries, out)
     else:
         conflict_tables(labels, summaries, out)
 
@@ -156,11 +172,11 @@ def run(args) -> None:
 if __name__ == "__main__":
     p = parser(__doc__)
     p.add_argument("--table", choices=["main", "efficiency", "conflict", "ablation", "sensitivity",
-                                        "knowledge"], default="main")
+                                        "knowledge", "convergence"], default="main")
     p.add_argument("--main", help="the main table's CSV (--table ablation)")
     p.add_argument("--summaries", nargs="+", default=[],
                    help="evaluation summary JSON files (main, sensitivity) or training summary.json files "
-                        "(efficiency, conflict) or retention JSONs of runs and bases (knowledge)")
+                        "(efficiency, conflict, convergence) or retention JSONs of runs and bases (knowledge)")
     p.add_argument("--significance", help="significance CSV from gemsbench.cli.significance (main table markers)")
     p.add_argument("--out-dir", required=True)
     main(run, p.parse_args())

@@ -10,6 +10,7 @@ Each CSV given draws its figures into --out-dir, as PDF and PNG:
                                           {csv name}_{dataset}_{backbone}        (tables with those columns, e.g.
                                           aggregate --table sensitivity's; its sampled protocol where evaluated)
 * --knowledge knowledge.csv            -> knowledge_{dataset}_{backbone}        (perplexity and cloze change)
+* --convergence convergence.csv        -> convergence_{dataset}_{backbone}      (validation vs training targets)
 
 It deliberately avoids importing the training stack (torch, transformers), so redrawing takes seconds.
 """
@@ -22,8 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..figures import (conflict_figure, conflict_layers_figure, efficiency_figure, main_results_figure,
-                       sensitivity_figure)
+from ..figures import (conflict_figure, conflict_layers_figure, convergence_figure, efficiency_figure,
+                       main_results_figure, sensitivity_figure)
 from ..figures import knowledge_figure
 
 
@@ -76,9 +77,12 @@ def run(args) -> list[Path]:
     if args.knowledge:
         for (ds, bb), grp in _read(args.knowledge).groupby(["dataset", "backbone"], sort=False):
             written += knowledge_figure(grp, out / f"knowledge_{ds}_{bb}", title=f"{ds} · {bb}")
+    if args.convergence:
+        for (ds, bb), grp in _read(args.convergence).groupby(["dataset", "backbone"], sort=False):
+            written += convergence_figure(grp, out / f"convergence_{ds}_{bb}", title=f"{ds} · {bb}")
     if not written:
         raise ValueError("no table given: pass at least one of --main, --efficiency, --conflict, --sensitivity, "
-                         "--knowledge")
+                         "--knowledge, --convergence")
     print(f"figures: {len(written)} files in {out}")
     return written
 
@@ -94,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conflict-layers", help="conflict_layers.csv from aggregate --table conflict")
     p.add_argument("--sensitivity", nargs="*", default=[], help="CSV(s) with param, value, task, metric, mean, std")
     p.add_argument("--knowledge", help="knowledge.csv from aggregate --table knowledge")
+    p.add_argument("--convergence", help="convergence.csv from aggregate --table convergence")
     p.add_argument("--verbose", action="store_true", help="full tracebacks")
     return p
 

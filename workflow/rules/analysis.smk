@@ -21,6 +21,7 @@ ANALYSIS_MAIN_FIGURES = [
 ANALYSIS_EFFICIENCY_FIGURES = [f"{ANALYSIS_FIGURES}/efficiency_{ds}_{bb}" for ds, bb in ANALYSIS_GROUPS]
 ANALYSIS_CONFLICT_FIGURES = [f"{ANALYSIS_FIGURES}/conflict_{ds}_{bb}" for ds, bb in ANALYSIS_GROUPS]
 ANALYSIS_CONFLICT_LAYER_FIGURES = [f"{ANALYSIS_FIGURES}/conflict_layers_{ds}_{bb}" for ds, bb in ANALYSIS_GROUPS]
+ANALYSIS_CONVERGENCE_FIGURES = [f"{ANALYSIS_FIGURES}/convergence_{ds}_{bb}" for ds, bb in ANALYSIS_GROUPS]
 
 
 # seconds of work each: run them on the submitting machine rather than queueing cluster jobs
@@ -28,6 +29,8 @@ localrules:
     significance,
     efficiency_table,
     conflict_csv,
+    convergence_table,
+    convergence_figures,
     ablation_table,
     analysis_figures,
 
@@ -101,6 +104,51 @@ rule conflict_csv:
     shell:
         "python -m gemsbench.cli.aggregate --config {params.config} --table conflict --summaries {input} "
         "--out-dir {params.out} > {log} 2>&1"
+
+
+rule convergence_table:
+    conda:
+        "../envs/gemsbench.yaml"
+    input:
+        expand(rules.train.output.summary, zip, **ANALYSIS_GRID),
+    output:
+        curves=f"{ANALYSIS_TABLES}/convergence.csv",
+        runs=report(
+            f"{ANALYSIS_TABLES}/convergence_summary.csv",
+            caption="../report/convergence_table.rst",
+            category="Tables",
+        ),
+        md=f"{ANALYSIS_TABLES}/convergence.md",
+    params:
+        config=CONFIG,
+        out=lambda w, output: os.path.dirname(output[0]),
+        spec=lambda w: digest(config["methods"]),
+    log:
+        f"{RESULTS}/logs/analysis/convergence_table.log",
+    shell:
+        "python -m gemsbench.cli.aggregate --config {params.config} --table convergence --summaries {input} "
+        "--out-dir {params.out} > {log} 2>&1"
+
+
+# learning curves need the training logs only: no evaluation, so `snakemake convergence` is training + this
+rule convergence_figures:
+    conda:
+        "../envs/gemsbench.yaml"
+    input:
+        rules.convergence_table.output.curves,
+    output:
+        pdf=[f"{stem}.pdf" for stem in ANALYSIS_CONVERGENCE_FIGURES],
+        png=report(
+            [f"{stem}.png" for stem in ANALYSIS_CONVERGENCE_FIGURES],
+            caption="../report/figure_convergence.rst",
+            category="Figures",
+        ),
+    params:
+        out=lambda w, output: os.path.dirname(output[0]),
+    log:
+        f"{RESULTS}/logs/analysis/convergence_figures.log",
+    shell:
+        "python -m gemsbench.cli.figures --out-dir {params.out} --convergence {input} > {log} 2>&1"
 
 
 rule ablation_table:

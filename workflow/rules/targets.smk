@@ -9,7 +9,8 @@ PAPER_FIGURES = config["paper_figures_dir"]
 # the PDF and PNG figures among the outputs of the figure rules
 ALL_FIGURES = [
     str(p)
-    for p in [*rules.analysis_figures.output, *RETENTION_OUTPUTS, *SENSITIVITY_OUTPUTS]
+    for p in [*rules.analysis_figures.output, *rules.convergence_figures.output, *RETENTION_OUTPUTS,
+              *SENSITIVITY_OUTPUTS]
     if str(p).endswith((".pdf", ".png"))
 ]
 PUBLISHED_FIGURES = [os.path.join(PAPER_FIGURES, os.path.basename(f)) for f in ALL_FIGURES]
@@ -20,6 +21,7 @@ localrules:
     ablation,
     efficiency,
     conflict,
+    convergence,
     knowledge,
     sensitivity,
     figures,
@@ -62,6 +64,12 @@ rule conflict:
         rules.analysis_figures.output.conflict_layers_png,
 
 
+rule convergence:
+    input:
+        rules.convergence_table.output,
+        rules.convergence_figures.output,
+
+
 rule knowledge:
     input:
         RETENTION_OUTPUTS,
@@ -86,6 +94,7 @@ rule report:
         rules.ablation_table.output,
         rules.efficiency_table.output,
         rules.conflict_csv.output,
+        rules.convergence_table.output,
         RETENTION_OUTPUTS,
         SENSITIVITY_OUTPUTS,
         PUBLISHED_FIGURES,
