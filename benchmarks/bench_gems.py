@@ -80,7 +80,8 @@ def dataset_dir(cache_root: Path) -> Path:
 
 
 # --- one variant's training run (also used by profile_step.py) ------------------------------------------
-def build_run(variant: str, fmt: str, steps: int, gap: int, data: Path, cache_root: Path, run_dir: Path):
+def build_run(variant: str, fmt: str, steps: int, gap: int, data: Path, cache_root: Path, run_dir: Path,
+              config_path: Path = CONFIG, variants: dict = VARIANTS):
     """(method, context, configured update_gap or None) for one variant: the config entry's hyper-parameters
     with the variant's overrides and ``update_gap = gap`` for the subspace methods; the config's train settings
     in format ``fmt`` for ``steps`` steps, one validation at the end and no gradient-conflict measurement (it
@@ -90,8 +91,9 @@ def build_run(variant: str, fmt: str, steps: int, gap: int, data: Path, cache_ro
     from gemsbench.methods.base import RunContext
     from gemsbench.methods.registry import build_method
 
-    config = default_config()
-    name, overrides = VARIANTS[variant]
+    from gemsbench.config import load_config
+    config = load_config(config_path)
+    name, overrides = variants[variant]
     entry = method_entry(config, name)
     hparams = {**entry.get("hparams", {}), **overrides}
     method = build_method(entry["method"], hparams)
