@@ -1,10 +1,13 @@
-"""The Qilin loader on the hand-made parquet fixture of tests/fixtures_paper.py.
+"""The Qilin loader on the hand-made parquet fixtures of tests/fixtures_paper.py, worked out by hand from the
+rules of docs/datasets.md.
 
-Worked out by hand from QILIN_REQUESTS (users 1, 2, 3 become 0, 1, 2; notes are written by raw id):
-users 4 (no search) and 5 (two searches) fail the per-task minimum; notes 900 (2 occurrences), 901 (its
-other occurrences belong to user 4) and 902 (1) fail the 3-core; the core converges in round 2. User 2's
-request at t=5 has no click and user 3's search at t=107 loses its only click (902): both are dropped
-after the core. Notes 117, 128, 129 are only ever shown and never become items.
+QILIN_REQUESTS (users 1, 2, 3 become 0, 1, 2; notes are written by raw id): users 4 (no search) and 5 (two
+searches) fail the per-task minimum; notes 900 (2 occurrences), 901 (its other occurrences belong to user 4) and
+902 (1) fail the 3-core; the core converges in round 2. User 2's request at t=5 has no click and user 3's search
+at t=107 loses its only click (902): both are dropped after the core. That leaves user 2 two recommendation
+requests, fewer than 3: they are dropped too, so user 2 keeps search only, and note 112 (clicked only there) is
+no item, while 110 and 111 stay items (in user 2's search histories).
+Notes 117, 128, 129 are only ever shown and never become items.
 """
 from __future__ import annotations
 
@@ -21,13 +24,13 @@ from gemsbench.data import qilin
 from gemsbench.data.format import DataFormatError, load_prepared
 from gemsbench.data.registry import get_preparer
 
-ITEMS = [*range(100, 108), *range(110, 117), *range(120, 128)]
+ITEMS = [*range(100, 108), 110, 111, *range(113, 117), *range(120, 128)]
 # (user, task, query, history, targets, ts) by raw note id; max_history = 2
 TRAIN = [
     (0, "rec", "", [], [100], 10),
     (0, "search", "口红推荐", [100], [105], 15),  # 103 (a test target) leaves the history
     (0, "rec", "", [100], [101], 20),  # 900 is not an item
-    (1, "search", "连衣裙", [], [113], 52),  # 110 is a valid target: left out
+    (1, "search", "连衣裙", [110], [113], 52),  # 110 was a target of a dropped request only: kept
     (2, "rec", "", [], [120], 100),
     (2, "rec", "", [120], [121], 100),  # same time: read order
     (2, "search", "跑鞋", [120, 121], [124], 105),
@@ -35,7 +38,6 @@ TRAIN = [
 VALID = [
     (0, "search", "防晒霜", [100, 101], [106], 25),  # 900 not an item, 104 a test target
     (0, "rec", "", [100, 101], [102], 30),
-    (1, "rec", "", [], [110], 50),  # 901 not an item
     (1, "search", "连衣裙 夏季", [110, 113], [114], 54),
     (2, "rec", "", [120, 121], [122], 110),
     (2, "search", "瑜伽垫", [124], [125], 115),
@@ -43,7 +45,6 @@ VALID = [
 TEST = [
     (0, "search", "口红推荐", [102, 103], [107], 35),
     (0, "rec", "", [101, 102], [103, 104], 40),
-    (1, "rec", "", [110], [111, 112], 60),
     (1, "search", "通勤包", [114, 111], [115, 116], 70),
     (2, "rec", "", [121, 122], [123], 120),
     (2, "search", "瑜伽垫", [125, 123], [126, 127], 125),
@@ -86,26 +87,27 @@ def test_items_titles_and_events(prepared):
     titles = dict(zip(prepared.items["raw_id"].astype(int), prepared.items["title"]))
     assert titles[100] == "笔记 100" and titles[126] == "" and titles[127] == ""  # null title; not in notes
     ev = prepared.events
-    assert len(ev) == 23 and list(ev["user"]) == sorted(ev["user"])
+    assert len(ev) == 20 and list(ev["user"]) == sorted(ev["user"])
     assert ev.groupby("user")["ts"].apply(lambda t: t.is_monotonic_increasing).all()
     # one event per clicked note, with the split of its request
     raw_id = prepared.items["raw_id"].astype(int).to_numpy()
     user2 = ev[ev["user"] == 1]
     assert list(zip(raw_id[user2["item"]], user2["split"], user2["query"])) == [
-        (110, "valid", ""), (113, "train", "连衣裙"), (114, "valid", "连衣裙 夏季"), (111, "test", ""),
-        (112, "test", ""), (115, "test", "通勤包"), (116, "test", "通勤包")]
+        (113, "train", "连衣裙"), (114, "valid", "连衣裙 夏季"), (115, "test", "通勤包"), (116, "test", "通勤包")]
 
 
 def test_statistics(prepared, raw, tmp_path):
-    expected = {"users": 3, "items": 23, "interactions": 23, "rec_interactions": 12, "search_interactions": 11,
-                "distinct_queries": 7, "rec_requests": 10, "search_requests": 9, "core_rounds": 2,
-                "history_notes_masked": 3, "items_missing_from_notes": 1,
-                "train_rec_examples": 4, "train_search_examples": 3, "valid_rec_examples": 3,
-                "valid_search_examples": 3, "test_rec_examples": 3, "test_search_examples": 3}
+    # masked: 103 at t=15 and 104 at t=25 (user 1)
+    expected = {"users": 3, "items": 22, "interactions": 20, "rec_interactions": 9, "search_interactions": 11,
+                "distinct_queries": 7, "rec_requests": 8, "search_requests": 9, "core_rounds": 2,
+                "history_notes_masked": 2, "items_missing_from_notes": 1, "users_rec_only": 0,
+                "users_search_only": 1,
+                "train_rec_examples": 4, "train_search_examples": 3, "valid_rec_examples": 2,
+                "valid_search_examples": 3, "test_rec_examples": 2, "test_search_examples": 3}
     assert {k: prepared.stats[k] for k in expected} == expected
-    assert prepared.stats["mean_history_length"] == pytest.approx(25 / 19)
+    assert prepared.stats["mean_history_length"] == pytest.approx(25 / 17)
     table = (prepared.root / "stats.md").read_text(encoding="utf-8")
-    assert "| 3 | 23 | 11 | 12 | 7 | 1.32 |" in table and "| train | 4 | 3 |" in table
+    assert "| 3 | 22 | 11 | 9 | 7 | 1.47 |" in table and "| train | 4 | 3 |" in table
     assert json.loads((prepared.root / "meta.json").read_text())["params"]["core"] == 3
 
 
