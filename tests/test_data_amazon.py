@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fixtures_paper import (AMAZON_REVIEWS, check_candidates, write_amazon_raw_fixture,
-                            write_amazon_unisar_fixture)
+from fixtures_paper import (AMAZON_REVIEWS, amazon_raw_interactions, check_candidates, unisar_interactions,
+                            write_amazon_raw_fixture, write_amazon_unisar_fixture)
 from gemsbench.data import amazon
 from gemsbench.data.format import DataFormatError, load_prepared
 from gemsbench.data.registry import get_preparer
@@ -84,17 +84,22 @@ def test_unisar_events_items_and_statistics(unisar):
     assert d.items["raw_id"].tolist() == ids(*range(1, 35)) and set(d.items["title"]) == {""}
     assert d.events.groupby("split").size().to_dict() == {"train": 28, "valid": 4, "test": 5}
     assert set(d.events["user"]) == {0, 1, 2}
+    # Negatives, over the 8 valid and test examples: user 1 has 10 event items (4 examples), user 2 18 (3), user
+    # 3 6 (1), each example 1 target; no interaction is outside the events.
     expected = {"users": 3, "items": 34, "interactions": 37, "search_interactions": 11, "rec_interactions": 26,
                 "distinct_queries": 10, "mean_history_length": 5.0,
                 "train_rec_examples": 4, "train_search_examples": 1, "valid_rec_examples": 1,
-                "valid_search_examples": 2, "test_rec_examples": 2, "test_search_examples": 3}
+                "valid_search_examples": 2, "test_rec_examples": 2, "test_search_examples": 3,
+                "negatives_excluded_targets": 8, "negatives_excluded_user_events": 4 * 9 + 3 * 17 + 5,
+                "negatives_excluded_other_interactions": 0}
     assert {k: d.stats[k] for k in expected} == expected
-    assert "| 3 | 34 | 11 | 26 | 10 | 5.00 |" in (d.root / "stats.md").read_text()
+    table = (d.root / "stats.md").read_text()
+    assert "| 3 | 34 | 11 | 26 | 10 | 5.00 |" in table and "| 8 | 92 | 0 |" in table
 
 
 def test_unisar_candidates_and_seed(unisar, tmp_path):
     params, d = unisar
-    check_candidates(d, num_negatives=5)
+    check_candidates(d, num_negatives=5, interactions=unisar_interactions(), users=[1, 2, 3])
     again = prepare("amazon_unisar", params, tmp_path / "again")
     other = prepare("amazon_unisar", {**params, "seed": 3}, tmp_path / "other")
     for split in ("train", "valid", "test"):
@@ -191,7 +196,10 @@ def test_raw_items_examples_and_statistics(raw2014):
                 "train_search_examples": 5, "valid_search_examples": 3, "test_search_examples": 3}
     assert {k: d.stats[k] for k in expected} == expected
     assert d.stats["mean_history_length"] == pytest.approx(26 / 11)
-    check_candidates(d, num_negatives=3)
+    # Negatives: A1 and A3 have 5 event items, A2 4; each of their valid and test examples has 1 target.
+    assert (d.stats["negatives_excluded_targets"], d.stats["negatives_excluded_user_events"],
+            d.stats["negatives_excluded_other_interactions"]) == (6, 2 * (4 + 3 + 4), 0)
+    check_candidates(d, num_negatives=3, interactions=amazon_raw_interactions(), users=["A1", "A2", "A3"])
 
 
 def test_raw_2018_format_gives_the_same_dataset(raw2014, tmp_path):

@@ -185,8 +185,8 @@ def prepare_amazon_unisar(params: dict, out_dir: Path) -> None:
                           "query": ""})
     splits = unisar_examples(events, max_history=p["max_history"], min_history=p["min_history"])
     splits["train"] = keep_train_share(splits["train"], p["train_keep_fraction"], p["seed"])
-    splits = add_candidates(splits, events, len(items), p["num_negatives"], p["seed"])
-    stats = {**compute_stats(items, events, splits), "mean_history_length": mean_history_length(splits)}
+    splits, excluded = add_candidates(splits, events, len(items), p["num_negatives"], p["seed"])
+    stats = {**compute_stats(items, events, splits), **excluded, "mean_history_length": mean_history_length(splits)}
     meta = {"dataset": "amazon", "loader": "amazon_unisar", "params": p,
             "source": "UniSAR preprocessed Amazon pickles (https://github.com/TengShi-RUC/UniSAR)",
             "queries": "synthetic, from category paths (UniSAR's preprocessing)"}
@@ -268,7 +268,7 @@ def prepare_amazon_raw(params: dict, out_dir: Path) -> None:
     if events.empty:
         raise DataFormatError(f"amazon_raw: no user has {p['min_events_per_task']} events of each of {tasks}; "
                               "lower min_events_per_task or check the files")
-    events, items = densify(events, items)
+    events, items, _ = densify(events, items)
     events, splits, stats = finish(items, events, max_history=p["max_history"], min_history=p["min_history"],
                                    n_negatives=p["num_negatives"], seed=p["seed"])
     stats.update(dropped, mean_history_length=mean_history_length(splits))

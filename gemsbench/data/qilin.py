@@ -34,6 +34,8 @@ rule is stated exactly in docs/datasets.md, with its reasons:
    and query are unknown (""). [ours] So that no evaluation target enters a training input, a training
    history leaves out the user's valid and test targets and a validation history the test targets (counted
    per request over the whole list in ``history_notes_masked``); then the last ``max_history`` notes are kept.
+9. [ours] Negatives exclude every item the user clicked or had in a history list of any of their requests
+   as read, not only the example's history and targets as in the release: such a note is a false negative.
 
 Memory: the request table and three flat integer arrays (request, note, kind) over every note occurrence,
 read in batches of ``BATCH_ROWS`` rows with only the needed columns.
@@ -238,8 +240,9 @@ def task_minimum(req: Requests, kept: np.ndarray, min_requests_per_task: int) ->
 
 def build_qilin(req: Requests, kept: np.ndarray, occ_kept: np.ndarray, *, min_requests_per_task: int,
                 max_history: int, history_order: str):
-    """Steps 4-8: items, events and examples from the filtered requests. Returns (item raw ids, events,
-    splits without candidates, statistics of this step)."""
+    """Steps 4-9: items, events and examples from the filtered requests. Returns (item raw ids, events,
+    splits without candidates, {user: items the user clicked or had in a history list}, statistics of this
+    step)."""
     clicked = occ_kept & (req.occ_kind == CLICK)
     kept = kept & (np.bincount(req.occ_request[clicked], minlength=len(kept)) > 0)
     kept = task_minimum(req, kept, min_requests_per_task)
@@ -284,7 +287,18 @@ def build_qilin(req: Requests, kept: np.ndarray, occ_kept: np.ndarray, *, min_re
     step_stats = {"rec_requests": int(requests.get("rec", 0)), "search_requests": int(requests.get("search", 0)),
                   "history_notes_masked": masked, "users_rec_only": int((user_tasks == {"rec"}).sum()),
                   "users_search_only": int((user_tasks == {"search"}).sum())}
-    return item_raw, events, {s: examples_frame(v) for s, v in rows.items()}, step_stats
+    return (item_raw, events, {s: examples_frame(v) for s, v in rows.items()},
+            _interacted(req, item_raw, np.unique(table["raw_user"])), step_stats)
+
+
+def _interacted(req: Requests, item_raw: np.ndarray, raw_users: np.ndarray) -> dict[int, set]:
+    """Step 9: {user: the items among the notes the user clicked or had in a history list}, over every request
+    of the user as read (kept or not, whole history lists); users numbered by their rank in ``raw_users``."""
+    occ_user = req.user[req.occ_request]
+    mask = (req.occ_kind != SHOWN) & np.isin(req.occ_note, item_raw) & np.isin(occ_user, raw_users)
+    pairs = pd.DataFrame({"user": np.searchsorted(raw_users, occ_user[mask]),
+                          "item": np.searchsorted(item_raw, req.occ_note[mask])}).drop_duplicates()
+    return pairs.groupby("user")["item"].agg(set).to_dict()
 
 
 @register_dataset("qilin")
@@ -299,7 +313,7 @@ def prepare_qilin(params: dict, out_dir: Path) -> None:
              time.time() - t0)
     kept, occ_kept, rounds = core_filter(req, min_requests_per_task=p["min_requests_per_task"], core=p["core"],
                                          max_rounds=p["max_core_rounds"])
-    item_raw, events, splits, step_stats = build_qilin(
+    item_raw, events, splits, interacted, step_stats = build_qilin(
         req, kept, occ_kept, min_requests_per_task=p["min_requests_per_task"], max_history=p["max_history"],
         history_order=p["history_order"])
     if events.empty:
@@ -308,8 +322,8 @@ def prepare_qilin(params: dict, out_dir: Path) -> None:
     titles = read_titles(files["notes"], item_raw)
     items = pd.DataFrame({"item": np.arange(len(item_raw)), "raw_id": [str(i) for i in item_raw],
                           "title": [titles.get(int(i), "") for i in item_raw], "query": ""})
-    splits = add_candidates(splits, events, len(items), p["num_negatives"], p["seed"])
-    stats = {**compute_stats(items, events, splits), **step_stats, "core_rounds": rounds,
+    splits, excluded = add_candidates(splits, events, len(items), p["num_negatives"], p["seed"], interacted)
+    stats = {**compute_stats(items, events, splits), **excluded, **step_stats, "core_rounds": rounds,
              "mean_history_length": mean_history_length(splits),
              "items_missing_from_notes": int(sum(int(i) not in titles for i in item_raw))}
     meta = {"dataset": "qilin", "loader": "qilin", "params": p, "source": "Hugging Face THUIR/Qilin",
