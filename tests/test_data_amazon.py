@@ -1,9 +1,12 @@
-"""The Amazon loaders on the hand-made fixtures of tests/fixtures_paper.py.
+"""The Amazon loaders on the hand-made fixtures of tests/fixtures_paper.py, worked out by hand from the rules of
+docs/datasets.md.
 
 UniSAR pickles (UNISAR_EVENTS; users 1, 2, 3 become 0, 1, 2, items are written by raw id): user 9 has no
-train rows and is dropped; an example needs 5 earlier events, so user 3's val row has none and user 1's
-train rows only from position 6 on, where position 5 repeats position 4's item (an S and an R record of
-one interaction, ordered by ``all_his``) and leaves the history of position 5 and of nothing else.
+train rows and is dropped; an example needs 5 earlier events, not counting an immediately preceding event on
+the same item (an S and an R record of one interaction, ordered by ``all_his``), which leaves the history. So
+user 1's position 5, which repeats position 4's item, has only 4 and is no example; its train rows give examples
+from position 6 on; user 3's val row (4 earlier events) is none either. The history is the last 5
+(``max_history``) events before the left-out one.
 Raw reviews (AMAZON_REVIEWS, all search): B011 has no category and B012 no metadata, so user A4 keeps two
 reviews and is dropped; then leave-one-out per user.
 """
@@ -95,6 +98,23 @@ def test_unisar_events_items_and_statistics(unisar):
     assert {k: d.stats[k] for k in expected} == expected
     table = (d.root / "stats.md").read_text()
     assert "| 3 | 34 | 11 | 26 | 10 | 5.00 |" in table and "| 8 | 92 | 0 |" in table
+
+
+def test_unisar_example_eligibility_and_window(unisar):
+    """Before the 30 % draw: an example needs 5 earlier events besides a left-out same-item predecessor."""
+    params, _ = unisar
+    raw = amazon.read_unisar(params["root"], params["vocab_path"])
+    raw = raw.assign(split_rank=raw["split"].map(["train", "valid", "test"].index))
+    raw = raw[raw["user_id"] != 9].sort_values(["user_id", "split_rank", "ts", "all_his"], kind="stable")
+    events = raw.rename(columns={"user_id": "user", "item_id": "item"})
+    examples = amazon.unisar_examples(events, max_history=5, min_history=5)
+    user1 = examples["train"][examples["train"]["user"] == 1]
+    assert user1["targets"].tolist() == [[6], [7]]  # position 5 (item 5 again) has 4 countable earlier events
+    assert user1["history"].tolist() == [[2, 3, 4, 5, 5], [3, 4, 5, 5, 6]]
+    assert len(examples["train"][examples["train"]["user"] == 2]) == 11  # positions 5-15
+    assert examples["train"]["user"].isin([1, 2]).all() and len(examples["valid"]) == 3
+    test = examples["test"].set_index("ts")
+    assert test.loc[110, "history"] == [5, 6, 7, 8, 9]  # the 5 events before the left-out R record of item 10
 
 
 def test_unisar_candidates_and_seed(unisar, tmp_path):
