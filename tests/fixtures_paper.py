@@ -66,6 +66,34 @@ QILIN_REQUESTS = [
     *[(_S + "_train", 5, 310 + k, [n], [], "相机") for k, n in enumerate([143, 144])],
 ]
 QILIN_USER_NOTES = {1: range(100, 108), 2: range(110, 118), 3: range(120, 128)}
+# A second set, worked out in tests/test_data_qilin.py: user 7's history lists cover all but three items, among
+# them note 422, which is only in the history of a request without a click, and notes the user never clicked; a
+# note clicked twice in one request; a duplicated row; user 8 ends with two search requests (one more has no
+# click) and keeps recommendation only.
+QILIN_QUIRKS = [
+    (_R + "_train", 7, 10, [400, 400, 401], [410, 406, 411, 412], None),
+    (_R + "_train", 7, 20, [402], [413, 403, 414], None),
+    (_R + "_train", 7, 20, [402], [413, 403, 414], None),  # the same row again
+    (_R + "_test", 7, 30, [403], [415, 433], None),
+    (_S + "_train", 7, 5, [], [422], "z"),
+    (_S + "_train", 7, 11, [404], [405, 416, 417, 418], "a"),
+    (_S + "_train", 7, 21, [406], [419, 420, 405], "b"),
+    (_S + "_test", 7, 31, [405], [406], "c"),
+    (_R + "_train", 8, 50, [430], [], None),
+    (_R + "_train", 8, 60, [431], [430], None),
+    (_R + "_test", 8, 70, [432], [430, 431, 422], None),
+    (_S + "_train", 8, 55, [422], [], "d"),
+    (_S + "_train", 8, 65, [433], [], "e"),
+    (_S + "_test", 8, 75, [], [], "f"),
+]
+
+
+def qilin_interactions(requests: list[tuple]) -> dict[int, set[int]]:
+    """{user: every note the user clicked or had in a history list}, over all of the user's request rows."""
+    out: dict[int, set[int]] = {}
+    for _, user, _, clicked, history, _ in requests:
+        out.setdefault(user, set()).update(clicked, history)
+    return out
 QILIN_SHOWN_ONLY = [128, 129]  # shown in every request, never clicked: count for the core, never items
 
 
@@ -87,11 +115,11 @@ def _qilin_row(index: int, user: int, ts: int, clicked: list[int], history: list
     return row
 
 
-def write_qilin_fixture(root: Path) -> dict:
+def write_qilin_fixture(root: Path, requests: list[tuple] = QILIN_REQUESTS) -> dict:
     """Qilin parquet files in the Hugging Face layout <root>/<config>/train-00000-of-00001.parquet."""
     root = Path(root)
     by_file: dict[str, list[dict]] = {}
-    for index, (file, user, ts, clicked, history, query) in enumerate(QILIN_REQUESTS):
+    for index, (file, user, ts, clicked, history, query) in enumerate(requests):
         by_file.setdefault(file, []).append(_qilin_row(index, user, ts, clicked, history, query))
     for file, rows in by_file.items():
         task = "search" if file.startswith("search") else "rec"
@@ -126,6 +154,11 @@ UNISAR_EVENTS = {
         ("train", "rec", 303, 32, None), ("val", "rec", 304, 33, None), ("test", "src", 305, 34, [8, 9])],
     9: [("val", "rec", 400, 39, None), ("test", "src", 401, 40, [4])],  # not in train: dropped
 }
+
+
+def unisar_interactions() -> dict[int, set[int]]:
+    """{user: every item of the user's rows}."""
+    return {user: {e[3] for e in events} for user, events in UNISAR_EVENTS.items()}
 
 
 def write_amazon_unisar_fixture(root: Path, keywords: str = "ids") -> dict:
@@ -174,6 +207,14 @@ AMAZON_REVIEWS = [  # (reviewer, asin, unixReviewTime), in file order (not sorte
 ]
 
 
+def amazon_raw_interactions() -> dict[str, set[str]]:
+    """{reviewer: every reviewed asin}."""
+    out: dict[str, set[str]] = {}
+    for user, asin, _ in AMAZON_REVIEWS:
+        out.setdefault(user, set()).add(asin)
+    return out
+
+
 def write_amazon_raw_fixture(root: Path, version: int = 2014) -> dict:
     """Gzipped 5-core reviews and metadata of 'Kindle Store' in the 2014 format (metadata lines are Python
     literals with ``categories``, a list of paths) or the 2018 one (JSON lines, ``category``, one path, HTML
@@ -204,14 +245,20 @@ def write_amazon_raw_fixture(root: Path, version: int = 2014) -> dict:
 
 # ---------------------------------------------------------------- checks shared by the tests
 
-def check_candidates(prepared, num_negatives: int) -> None:
-    """Every valid/test example stores its targets then ``num_negatives`` distinct negatives that the user
-    never interacted with and that are not in the example's history."""
-    user_items = prepared.events.groupby("user")["item"].agg(set).to_dict()
+def check_candidates(prepared, num_negatives: int, interactions: dict, users: list) -> None:
+    """Every valid/test example stores its targets then ``num_negatives`` distinct negatives, none of them an item
+    the user interacted with anywhere in the raw files.
+
+    ``interactions`` maps a raw user to the raw ids of every item the user interacted with, worked out from the
+    fixture itself (not from the prepared data); ``users[u]`` is the raw id of prepared user ``u``.
+    """
+    raw_id = prepared.items["raw_id"].to_numpy()
+    assert len(users) == prepared.events["user"].nunique()
     for split in ("valid", "test"):
         for row in prepared.splits[split].itertuples():
             negatives = row.candidates[len(row.targets):]
             assert row.candidates[: len(row.targets)] == row.targets
             assert len(negatives) == num_negatives == len(set(negatives))
-            assert not set(negatives) & (user_items[row.user] | set(row.history) | set(row.targets))
             assert all(0 <= n < prepared.n_items for n in negatives)
+            clicked = {str(i) for i in interactions[users[row.user]]}
+            assert not {raw_id[n] for n in negatives} & clicked, (split, row.example_id)

@@ -1,9 +1,12 @@
-"""The Amazon loaders on the hand-made fixtures of tests/fixtures_paper.py.
+"""The Amazon loaders on the hand-made fixtures of tests/fixtures_paper.py, worked out by hand from the rules of
+docs/datasets.md.
 
 UniSAR pickles (UNISAR_EVENTS; users 1, 2, 3 become 0, 1, 2, items are written by raw id): user 9 has no
-train rows and is dropped; an example needs 5 earlier events, so user 3's val row has none and user 1's
-train rows only from position 6 on, where position 5 repeats position 4's item (an S and an R record of
-one interaction, ordered by ``all_his``) and leaves the history of position 5 and of nothing else.
+train rows and is dropped; an example needs 5 earlier events, not counting an immediately preceding event on
+the same item (an S and an R record of one interaction, ordered by ``all_his``), which leaves the history. So
+user 1's position 5, which repeats position 4's item, has only 4 and is no example; its train rows give examples
+from position 6 on; user 3's val row (4 earlier events) is none either. The history is the last 5
+(``max_history``) events before the left-out one.
 Raw reviews (AMAZON_REVIEWS, all search): B011 has no category and B012 no metadata, so user A4 keeps two
 reviews and is dropped; then leave-one-out per user.
 """
@@ -17,8 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fixtures_paper import (AMAZON_REVIEWS, check_candidates, write_amazon_raw_fixture,
-                            write_amazon_unisar_fixture)
+from fixtures_paper import (AMAZON_REVIEWS, amazon_raw_interactions, check_candidates, unisar_interactions,
+                            write_amazon_raw_fixture, write_amazon_unisar_fixture)
 from gemsbench.data import amazon
 from gemsbench.data.format import DataFormatError, load_prepared
 from gemsbench.data.registry import get_preparer
@@ -84,17 +87,39 @@ def test_unisar_events_items_and_statistics(unisar):
     assert d.items["raw_id"].tolist() == ids(*range(1, 35)) and set(d.items["title"]) == {""}
     assert d.events.groupby("split").size().to_dict() == {"train": 28, "valid": 4, "test": 5}
     assert set(d.events["user"]) == {0, 1, 2}
+    # Negatives, over the 8 valid and test examples: user 1 has 10 event items (4 examples), user 2 18 (3), user
+    # 3 6 (1), each example 1 target; no interaction is outside the events.
     expected = {"users": 3, "items": 34, "interactions": 37, "search_interactions": 11, "rec_interactions": 26,
                 "distinct_queries": 10, "mean_history_length": 5.0,
                 "train_rec_examples": 4, "train_search_examples": 1, "valid_rec_examples": 1,
-                "valid_search_examples": 2, "test_rec_examples": 2, "test_search_examples": 3}
+                "valid_search_examples": 2, "test_rec_examples": 2, "test_search_examples": 3,
+                "negatives_excluded_targets": 8, "negatives_excluded_user_events": 4 * 9 + 3 * 17 + 5,
+                "negatives_excluded_other_interactions": 0}
     assert {k: d.stats[k] for k in expected} == expected
-    assert "| 3 | 34 | 11 | 26 | 10 | 5.00 |" in (d.root / "stats.md").read_text()
+    table = (d.root / "stats.md").read_text()
+    assert "| 3 | 34 | 11 | 26 | 10 | 5.00 |" in table and "| 8 | 92 | 0 |" in table
+
+
+def test_unisar_example_eligibility_and_window(unisar):
+    """Before the 30 % draw: an example needs 5 earlier events besides a left-out same-item predecessor."""
+    params, _ = unisar
+    raw = amazon.read_unisar(params["root"], params["vocab_path"])
+    raw = raw.assign(split_rank=raw["split"].map(["train", "valid", "test"].index))
+    raw = raw[raw["user_id"] != 9].sort_values(["user_id", "split_rank", "ts", "all_his"], kind="stable")
+    events = raw.rename(columns={"user_id": "user", "item_id": "item"})
+    examples = amazon.unisar_examples(events, max_history=5, min_history=5)
+    user1 = examples["train"][examples["train"]["user"] == 1]
+    assert user1["targets"].tolist() == [[6], [7]]  # position 5 (item 5 again) has 4 countable earlier events
+    assert user1["history"].tolist() == [[2, 3, 4, 5, 5], [3, 4, 5, 5, 6]]
+    assert len(examples["train"][examples["train"]["user"] == 2]) == 11  # positions 5-15
+    assert examples["train"]["user"].isin([1, 2]).all() and len(examples["valid"]) == 3
+    test = examples["test"].set_index("ts")
+    assert test.loc[110, "history"] == [5, 6, 7, 8, 9]  # the 5 events before the left-out R record of item 10
 
 
 def test_unisar_candidates_and_seed(unisar, tmp_path):
     params, d = unisar
-    check_candidates(d, num_negatives=5)
+    check_candidates(d, num_negatives=5, interactions=unisar_interactions(), users=[1, 2, 3])
     again = prepare("amazon_unisar", params, tmp_path / "again")
     other = prepare("amazon_unisar", {**params, "seed": 3}, tmp_path / "other")
     for split in ("train", "valid", "test"):
@@ -191,7 +216,10 @@ def test_raw_items_examples_and_statistics(raw2014):
                 "train_search_examples": 5, "valid_search_examples": 3, "test_search_examples": 3}
     assert {k: d.stats[k] for k in expected} == expected
     assert d.stats["mean_history_length"] == pytest.approx(26 / 11)
-    check_candidates(d, num_negatives=3)
+    # Negatives: A1 and A3 have 5 event items, A2 4; each of their valid and test examples has 1 target.
+    assert (d.stats["negatives_excluded_targets"], d.stats["negatives_excluded_user_events"],
+            d.stats["negatives_excluded_other_interactions"]) == (6, 2 * (4 + 3 + 4), 0)
+    check_candidates(d, num_negatives=3, interactions=amazon_raw_interactions(), users=["A1", "A2", "A3"])
 
 
 def test_raw_2018_format_gives_the_same_dataset(raw2014, tmp_path):

@@ -10,14 +10,16 @@ the GEMS release does (``data/amazon/process_step_1.py``):
 
 - events: the R (``rec_*``) and S (``src_*``) rows; val and test rows of users absent from train dropped;
   a user's events in file-split order (train, then val, then test), each split by ``ts`` then ``all_his``;
-- every event with at least ``min_history`` (5) earlier events is an example of the event's task; an
-  immediately preceding event on the same item (an interaction recorded both as R and as S) is left out of
-  its history; the history is the last ``max_history`` (20) earlier events with their tasks and queries;
+- an immediately preceding event on the same item (an interaction recorded both as R and as S) is left out
+  of an event's history and does not count: an event with at least ``min_history`` (5) earlier events besides
+  it is an example of the event's task, with the last ``max_history`` (20) events before the left-out one
+  (before the event when none is) as history, with their tasks and queries (the release's ``make_example``);
 - the examples of train rows form the training split: each user's last one plus a random
-  ``train_keep_fraction`` (30 %) of the others (``GroupBy.sample(frac, random_state=seed)``);
+  ``train_keep_fraction`` (30 %) of the others (``GroupBy.sample(frac, random_state=seed)``: round(frac * n));
 - [ours] the examples of ``*_val.pkl`` rows form the valid split and those of ``*_test.pkl`` rows the test
-  split (every such row, not only a user's last); both get ``num_negatives`` stored negatives from the shared
-  sampler (the release samples test negatives only, excluding history and target alone).
+  split (every such row that qualifies, not only a user's last); both get ``num_negatives`` stored negatives
+  from the shared sampler, which excludes every item of the user's events (the release samples test negatives
+  only, excluding history and target alone).
 
 ``keyword`` holds words or word ids (an int, a list of ints, or such a list as text). Word ids need
 ``vocab_path``: a text file (``.gz`` allowed) of ``word_id<TAB>word`` lines.
@@ -145,7 +147,8 @@ def read_unisar(root: Path, vocab_path) -> pd.DataFrame:
 
 
 def unisar_examples(events: pd.DataFrame, *, max_history: int, min_history: int) -> dict[str, pd.DataFrame]:
-    """One example per event with at least ``min_history`` earlier events (``events`` in sequence order)."""
+    """One example per event with at least ``min_history`` earlier events besides a left-out same-item
+    predecessor (``events`` in sequence order); see the module docstring."""
     rows: dict[str, list] = {s: [] for s in SPLITS}
     for user, grp in tqdm(events.groupby("user", sort=True), unit="user", desc="amazon_unisar examples"):
         items, tasks, queries = grp["item"].tolist(), grp["task"].tolist(), grp["query"].tolist()
@@ -185,8 +188,8 @@ def prepare_amazon_unisar(params: dict, out_dir: Path) -> None:
                           "query": ""})
     splits = unisar_examples(events, max_history=p["max_history"], min_history=p["min_history"])
     splits["train"] = keep_train_share(splits["train"], p["train_keep_fraction"], p["seed"])
-    splits = add_candidates(splits, events, len(items), p["num_negatives"], p["seed"])
-    stats = {**compute_stats(items, events, splits), "mean_history_length": mean_history_length(splits)}
+    splits, excluded = add_candidates(splits, events, len(items), p["num_negatives"], p["seed"])
+    stats = {**compute_stats(items, events, splits), **excluded, "mean_history_length": mean_history_length(splits)}
     meta = {"dataset": "amazon", "loader": "amazon_unisar", "params": p,
             "source": "UniSAR preprocessed Amazon pickles (https://github.com/TengShi-RUC/UniSAR)",
             "queries": "synthetic, from category paths (UniSAR's preprocessing)"}
@@ -268,7 +271,7 @@ def prepare_amazon_raw(params: dict, out_dir: Path) -> None:
     if events.empty:
         raise DataFormatError(f"amazon_raw: no user has {p['min_events_per_task']} events of each of {tasks}; "
                               "lower min_events_per_task or check the files")
-    events, items = densify(events, items)
+    events, items, _ = densify(events, items)
     events, splits, stats = finish(items, events, max_history=p["max_history"], min_history=p["min_history"],
                                    n_negatives=p["num_negatives"], seed=p["seed"])
     stats.update(dropped, mean_history_length=mean_history_length(splits))

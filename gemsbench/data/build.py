@@ -12,6 +12,8 @@ import pandas as pd
 from .format import SPLITS, TASKS, DataFormatError
 
 _SPLIT_RANK = {"train": 0, "valid": 1, "test": 2}
+# What keeps an item out of an example's negatives, in the order the rules are applied (see sample_negatives).
+EXCLUSION_RULES = ("targets", "user_events", "other_interactions")
 
 
 def filter_min_events_per_task(events: pd.DataFrame, min_per_task: int, tasks=TASKS) -> pd.DataFrame:
@@ -25,8 +27,14 @@ def filter_min_events_per_task(events: pd.DataFrame, min_per_task: int, tasks=TA
     return events[events["user"].isin(keep)]
 
 
-def densify(events: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Re-number users and the items that remain as 0..n-1 (items in raw-id order of ``items``)."""
+def densify(events: pd.DataFrame, items: pd.DataFrame,
+            other: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, set]]:
+    """Re-number users and the items that remain as 0..n-1 (items in raw-id order of ``items``).
+
+    ``other`` holds (user, item) interactions that are no events (e.g. ratings under a threshold); they are
+    returned as {user: items} in the new numbering, so that no negative is an item the user interacted with.
+    Pairs of a user or an item that does not remain are dropped.
+    """
     used = items[items["item"].isin(events["item"].unique())].reset_index(drop=True)
     item_map = pd.Series(np.arange(len(used)), index=used["item"].to_numpy())
     users = np.sort(events["user"].unique())
@@ -34,7 +42,12 @@ def densify(events: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.DataFrame, pd
     events = events.assign(item=item_map.loc[events["item"].to_numpy()].to_numpy(),
                            user=user_map.loc[events["user"].to_numpy()].to_numpy())
     used = used.assign(item=np.arange(len(used)))
-    return events, used
+    other_items: dict[int, set] = {}
+    if other is not None:
+        other = other[other["user"].isin(user_map.index) & other["item"].isin(item_map.index)]
+        for user, item in zip(user_map.loc[other["user"].to_numpy()], item_map.loc[other["item"].to_numpy()]):
+            other_items.setdefault(int(user), set()).add(int(item))
+    return events, used, other_items
 
 
 def assign_loo_splits(events: pd.DataFrame) -> pd.DataFrame:
@@ -81,14 +94,29 @@ def build_examples(events: pd.DataFrame, max_history: int, min_history: int = 1)
     return out
 
 
-def sample_negatives(examples: pd.DataFrame, n_items: int, user_items: dict[int, set], n_negatives: int,
-                     seed: int) -> pd.DataFrame:
-    """Store ``targets + n_negatives`` candidates per example: negatives uniform over items the user never
-    interacted with (history and targets excluded), sampled once with a fixed seed."""
+def sample_negatives(examples: pd.DataFrame, n_items: int, user_events: dict[int, set], other_items: dict[int, set],
+                     n_negatives: int, seed: int) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Store ``targets + n_negatives`` candidates per example: negatives uniform over the items the user never
+    interacted with, sampled once with a fixed seed.
+
+    An item is excluded by the first of the rules of :data:`EXCLUSION_RULES` that applies: it is one of the
+    example's targets, an item of one of the user's events (any split, either task), or one of ``other_items``
+    (the user's interactions that are no events, e.g. Qilin's history-list notes). Returns the examples and,
+    per rule, how many items it excluded, summed over the examples.
+    """
     rng = np.random.default_rng(seed)
+    excluded_by = dict.fromkeys(EXCLUSION_RULES, 0)
     candidates = []
     for row in examples.itertuples(index=False):
-        excluded = user_items.get(row.user, set()) | set(row.targets) | set(row.history)
+        excluded: set = set()
+        for rule, rule_items in zip(EXCLUSION_RULES, (set(row.targets), user_events.get(row.user, set()),
+                                                      other_items.get(row.user, set()))):
+            excluded_by[rule] += len(rule_items - excluded)
+            excluded |= rule_items
+        if not excluded.issuperset(row.history):
+            raise ValueError(f"example {row.example_id} of user {row.user}: history items "
+                             f"{sorted(set(row.history) - excluded)} are neither events nor other interactions of "
+                             "the user; the loader must pass every item a user interacted with (other_items)")
         if n_items - len(excluded) < n_negatives:
             raise DataFormatError(f"user {row.user} has interacted with too many of the {n_items} items to "
                                   f"sample {n_negatives} negatives; lower num_negatives")
@@ -103,7 +131,7 @@ def sample_negatives(examples: pd.DataFrame, n_items: int, user_items: dict[int,
                     if len(negs) == n_negatives:
                         break
         candidates.append(list(row.targets) + negs)
-    return examples.assign(candidates=candidates)
+    return examples.assign(candidates=candidates), excluded_by
 
 
 def compute_stats(items: pd.DataFrame, events: pd.DataFrame, splits: dict[str, pd.DataFrame]) -> dict:
@@ -126,21 +154,32 @@ def compute_stats(items: pd.DataFrame, events: pd.DataFrame, splits: dict[str, p
 
 
 def finish(items: pd.DataFrame, events: pd.DataFrame, *, max_history: int, min_history: int,
-           n_negatives: int, seed: int) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict]:
-    """Split, build examples, sample stored negatives and compute statistics for a dense event table."""
+           n_negatives: int, seed: int,
+           other_items: dict[int, set] | None = None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict]:
+    """Split, build examples, sample stored negatives and compute statistics for a dense event table
+    (``other_items``: see :func:`add_candidates`)."""
     events = events.sort_values(["user", "ts"], kind="stable").reset_index(drop=True)
     events = assign_loo_splits(events)
     splits = build_examples(events, max_history=max_history, min_history=min_history)
-    splits = add_candidates(splits, events, len(items), n_negatives, seed)
-    return events, splits, compute_stats(items, events, splits)
+    splits, excluded = add_candidates(splits, events, len(items), n_negatives, seed, other_items)
+    return events, splits, {**compute_stats(items, events, splits), **excluded}
 
 
 def add_candidates(splits: dict[str, pd.DataFrame], events: pd.DataFrame, n_items: int, n_negatives: int,
-                   seed: int) -> dict[str, pd.DataFrame]:
+                   seed: int, other_items: dict[int, set] | None = None) -> tuple[dict[str, pd.DataFrame], dict]:
     """Stored candidates for the valid and test examples (seeds ``seed + 1`` and ``seed + 2``), excluding every
-    item of the user's events; for loaders that build their own examples (multi-target, release rules)."""
-    user_items = events.groupby("user")["item"].agg(set).to_dict()
+    item of the user's events and of ``other_items`` ({user: items the user interacted with outside the
+    events}); for loaders that build their own examples (multi-target, release rules) too.
+
+    Returns the splits and the statistics ``negatives_excluded_<rule>`` of :func:`sample_negatives`, summed
+    over the valid and test examples.
+    """
+    user_events = events.groupby("user")["item"].agg(set).to_dict()
     splits = dict(splits)
+    excluded = dict.fromkeys(EXCLUSION_RULES, 0)
     for offset, split in enumerate(("valid", "test"), start=1):
-        splits[split] = sample_negatives(splits[split], n_items, user_items, n_negatives, seed + offset)
-    return splits
+        splits[split], by_rule = sample_negatives(splits[split], n_items, user_events, other_items or {},
+                                                  n_negatives, seed + offset)
+        for rule, n in by_rule.items():
+            excluded[rule] += n
+    return splits, {f"negatives_excluded_{rule}": n for rule, n in excluded.items()}

@@ -5,7 +5,8 @@ Van Gysel): each item gets one query from its metadata — its genres and releas
 ``"comedy romance nineties"`` (decades as words: SmolLM2 spells digits one token each) — and a seeded rule marks which interactions are search ones: each interaction
 independently with probability ``search_share`` (default 0.35), drawn from ``numpy.random.default_rng(seed)``
 in the order of the raw file. The queries are synthetic; they are the only thing a search example has that a
-recommendation example does not.
+recommendation example does not. Ratings under ``min_rating`` are no events, but the user did watch the film:
+it is never one of their stored negatives.
 
 The MovieLens terms forbid redistribution: it is read from the installed package at run time and only the
 prepared files under the results directory (never committed) are written.
@@ -72,6 +73,7 @@ def prepare_movielens(params: dict, out_dir: Path) -> None:
     if unknown:
         raise DataFormatError(f"unknown movielens parameter(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     inter, item = read_movielens(movielens_dir())
+    below = inter[inter["rating"] < p["min_rating"]]  # interactions all the same: never negatives of their user
     inter = inter[inter["rating"] >= p["min_rating"]]
     rng = np.random.default_rng(p["seed"])
     is_search = rng.random(len(inter)) < p["search_share"]
@@ -94,9 +96,10 @@ def prepare_movielens(params: dict, out_dir: Path) -> None:
         users = np.sort(events["user"].unique())
         keep = np.random.default_rng(p["seed"]).choice(users, size=min(p["max_users"], len(users)), replace=False)
         events = events[events["user"].isin(keep)]
-    events, items = densify(events, items)
+    events, items, other_items = densify(events, items, pd.DataFrame({"user": below["user_id"].astype(int),
+                                                                       "item": below["item_id"].astype(int)}))
     events, splits, stats = finish(items, events, max_history=p["max_history"], min_history=p["min_history"],
-                                   n_negatives=p["num_negatives"], seed=p["seed"])
+                                   n_negatives=p["num_negatives"], seed=p["seed"], other_items=other_items)
     meta = {"dataset": "movielens-100k", "loader": "movielens", "params": p,
             "source": "recbole==1.2.1 dataset_example/ml-100k",
             "search_rule": "each interaction is a search one with probability search_share (seeded)"}

@@ -8,27 +8,34 @@ Their schema, as the dataset's own tools and the GEMS release read it: a request
 ``note_idx``, ``click`` and the time ``request_timestamp`` / ``search_timestamp``) and, for search, ``query``;
 a note row has ``note_idx`` and ``note_title``. A missing field is an error naming file and field.
 
-Preparation, following the GEMS release (``data/qilin/process_step_1.py``); changes marked [ours]:
+Preparation, following the GEMS release (``data/qilin/process_step_1.py``); changes marked [ours]. Each
+rule is stated exactly in docs/datasets.md, with its reasons:
 
-1. A request is one row of a recommendation or search config (train and test configs pooled). Its time is
-   the latest time among its results (a timestamp column at the top level is used when the structs lack
-   one); its clicked notes are the results with ``click > 0``, its shown notes the others.
-2. Keep users with at least ``min_requests_per_task`` requests in each task (so present in both).
+1. A request is one row of a recommendation or search config (train and test configs pooled, read in the
+   order of ``SOURCES``). Its time is the latest time among its results (a timestamp column at the top level
+   is used when the structs lack one); its clicked notes are the results with ``click > 0``, its shown notes
+   the others.
+2. Keep users with at least ``min_requests_per_task`` requests as read in each task.
 3. Iterative ``core``-core, at most ``max_core_rounds`` rounds, counted as the release counts: a user needs
    ``core`` requests; a note needs ``core`` occurrences (clicked, shown or in a history list) among the
    requests of the remaining users, and a rarer note leaves every list; a request with no clicked or shown
    note left is dropped; stop when the numbers of qualifying users and notes no longer change.
 4. [ours] Requests without a clicked note are dropped: they have nothing to predict (the release keeps
-   them, and its evaluation rows then have no target). The items are the notes clicked or in a history list
-   of the remaining requests; notes only ever shown count in step 3 but never become items or negatives.
-5. Leave-one-out per user and task over requests by time, ties in read order: last -> test, second last
-   -> valid. Each clicked note of a training request is one training example; a valid or test request is
-   one example whose targets are all its clicked notes ([ours] the release expands validation requests
-   like training ones). Candidates: the targets, then ``num_negatives`` stored negatives.
-6. History: the request's own ``recent_clicked_note_idxs``, in the order ``history_order`` says, the last
-   ``max_history`` notes; their task and query are unknown (""). [ours] So that no evaluation target enters
-   a training input, a training history leaves out the user's valid and test targets and a validation
-   history the test targets (counted in ``history_notes_masked``).
+   them, and its evaluation rows then have no target).
+5. A (user, task) with fewer than ``min_requests_per_task`` requests left loses them (the release's
+   leave-one-out skips it), so a user can end in one task only.
+6. The items are the notes clicked or in a history list of the remaining requests; notes only ever shown
+   count in step 3 but never become items or negatives.
+7. Leave-one-out per user and task over requests by time, ties in read order: last -> test, second last
+   -> valid. Each distinct clicked note of a training request is one training example; a valid or test
+   request is one example whose targets are all its distinct clicked notes ([ours] the release expands
+   validation requests like training ones). Candidates: the targets, then ``num_negatives`` stored negatives.
+8. History: the request's own ``recent_clicked_note_idxs``, in the order ``history_order`` says; their task
+   and query are unknown (""). [ours] So that no evaluation target enters a training input, a training
+   history leaves out the user's valid and test targets and a validation history the test targets (counted
+   per request over the whole list in ``history_notes_masked``); then the last ``max_history`` notes are kept.
+9. [ours] Negatives exclude every item the user clicked or had in a history list of any of their requests
+   as read, not only the example's history and targets as in the release: such a note is a false negative.
 
 Memory: the request table and three flat integer arrays (request, note, kind) over every note occurrence,
 read in batches of ``BATCH_ROWS`` rows with only the needed columns.
@@ -224,12 +231,21 @@ def read_titles(files: list[Path], note_ids: np.ndarray) -> dict[int, str]:
     return titles
 
 
-def build_qilin(req: Requests, kept: np.ndarray, occ_kept: np.ndarray, *, max_history: int,
-                history_order: str):
-    """Steps 4-6: items, events and examples from the filtered requests. Returns (item raw ids, events,
-    splits without candidates, statistics of this step)."""
+def task_minimum(req: Requests, kept: np.ndarray, min_requests_per_task: int) -> np.ndarray:
+    """Step 5: the kept requests of a (user, task) with at least ``min_requests_per_task`` kept requests."""
+    users, ucode = np.unique(req.user, return_inverse=True)
+    key = ucode * len(TASKS) + req.task
+    return kept & (np.bincount(key[kept], minlength=len(users) * len(TASKS))[key] >= min_requests_per_task)
+
+
+def build_qilin(req: Requests, kept: np.ndarray, occ_kept: np.ndarray, *, min_requests_per_task: int,
+                max_history: int, history_order: str):
+    """Steps 4-9: items, events and examples from the filtered requests. Returns (item raw ids, events,
+    splits without candidates, {user: items the user clicked or had in a history list}, statistics of this
+    step)."""
     clicked = occ_kept & (req.occ_kind == CLICK)
     kept = kept & (np.bincount(req.occ_request[clicked], minlength=len(kept)) > 0)
+    kept = task_minimum(req, kept, min_requests_per_task)
     used = occ_kept & kept[req.occ_request] & (req.occ_kind != SHOWN)
     item_raw = np.unique(req.occ_note[used])  # sorted, so a note's item id is its rank
     clicks = _grouped(req.occ_request[used & clicked], np.searchsorted(item_raw, req.occ_note[used & clicked]))
@@ -267,9 +283,22 @@ def build_qilin(req: Requests, kept: np.ndarray, occ_kept: np.ndarray, *, max_hi
         events += [(user, t, int(r.ts), r.task, query, r.split) for t in targets[r.request]]
     events = pd.DataFrame(events, columns=["user", "item", "ts", "task", "query", "split"])
     requests = table["task"].value_counts()
+    user_tasks = events.groupby("user")["task"].agg(frozenset)
     step_stats = {"rec_requests": int(requests.get("rec", 0)), "search_requests": int(requests.get("search", 0)),
-                  "history_notes_masked": masked}
-    return item_raw, events, {s: examples_frame(v) for s, v in rows.items()}, step_stats
+                  "history_notes_masked": masked, "users_rec_only": int((user_tasks == {"rec"}).sum()),
+                  "users_search_only": int((user_tasks == {"search"}).sum())}
+    return (item_raw, events, {s: examples_frame(v) for s, v in rows.items()},
+            _interacted(req, item_raw, np.unique(table["raw_user"])), step_stats)
+
+
+def _interacted(req: Requests, item_raw: np.ndarray, raw_users: np.ndarray) -> dict[int, set]:
+    """Step 9: {user: the items among the notes the user clicked or had in a history list}, over every request
+    of the user as read (kept or not, whole history lists); users numbered by their rank in ``raw_users``."""
+    occ_user = req.user[req.occ_request]
+    mask = (req.occ_kind != SHOWN) & np.isin(req.occ_note, item_raw) & np.isin(occ_user, raw_users)
+    pairs = pd.DataFrame({"user": np.searchsorted(raw_users, occ_user[mask]),
+                          "item": np.searchsorted(item_raw, req.occ_note[mask])}).drop_duplicates()
+    return pairs.groupby("user")["item"].agg(set).to_dict()
 
 
 @register_dataset("qilin")
@@ -284,16 +313,17 @@ def prepare_qilin(params: dict, out_dir: Path) -> None:
              time.time() - t0)
     kept, occ_kept, rounds = core_filter(req, min_requests_per_task=p["min_requests_per_task"], core=p["core"],
                                          max_rounds=p["max_core_rounds"])
-    item_raw, events, splits, step_stats = build_qilin(req, kept, occ_kept, max_history=p["max_history"],
-                                                   history_order=p["history_order"])
+    item_raw, events, splits, interacted, step_stats = build_qilin(
+        req, kept, occ_kept, min_requests_per_task=p["min_requests_per_task"], max_history=p["max_history"],
+        history_order=p["history_order"])
     if events.empty:
         raise DataFormatError(f"qilin: no request survives the filters (min_requests_per_task="
                               f"{p['min_requests_per_task']}, core={p['core']}); check the input files. {HINT}")
     titles = read_titles(files["notes"], item_raw)
     items = pd.DataFrame({"item": np.arange(len(item_raw)), "raw_id": [str(i) for i in item_raw],
                           "title": [titles.get(int(i), "") for i in item_raw], "query": ""})
-    splits = add_candidates(splits, events, len(items), p["num_negatives"], p["seed"])
-    stats = {**compute_stats(items, events, splits), **step_stats, "core_rounds": rounds,
+    splits, excluded = add_candidates(splits, events, len(items), p["num_negatives"], p["seed"], interacted)
+    stats = {**compute_stats(items, events, splits), **excluded, **step_stats, "core_rounds": rounds,
              "mean_history_length": mean_history_length(splits),
              "items_missing_from_notes": int(sum(int(i) not in titles for i in item_raw))}
     meta = {"dataset": "qilin", "loader": "qilin", "params": p, "source": "Hugging Face THUIR/Qilin",

@@ -102,7 +102,8 @@ def mean_history_length(splits: dict[str, pd.DataFrame]) -> float:
 
 
 def stats_markdown(dataset: str, stats: dict) -> str:
-    """The dataset statistics as a paper prints them, and the examples per split and task."""
+    """The dataset statistics as a paper prints them, the examples per split and task, and how many items each
+    rule kept out of the stored negatives (:func:`.build.sample_negatives`)."""
     def n(key: str) -> str:
         return f"{stats[key]:,}"
 
@@ -119,4 +120,14 @@ def stats_markdown(dataset: str, stats: dict) -> str:
     ]
     for split in SPLITS:
         lines.append(f"| {split} | " + " | ".join(n(f"{split}_{t}_examples") for t in TASKS) + " |")
+    lines += [
+        "",
+        "Items kept out of the negatives, summed over the valid and test examples, each under the first rule "
+        "that applies:",
+        "",
+        "| The example's targets | Items of the user's events | The user's other interactions |",
+        "|---:|---:|---:|",
+        f"| {n('negatives_excluded_targets')} | {n('negatives_excluded_user_events')} | "
+        f"{n('negatives_excluded_other_interactions')} |",
+    ]
     return "\n".join(lines) + "\n"
