@@ -61,10 +61,10 @@ class HydraLoRAMethod(AdapterMethod):
     """HydraLoRA on the attention and MLP projections of a frozen backbone; item-token rows trainable.
 
     Defaults: rank 8 with alpha 16 (scaling 2, the LoRA baseline's) and 4 B heads; the paper chooses the head
-    count per corpus (by clustering), a handful for a few domains. Dropout 0.05 and lr 5e-4 as the LoRA baseline.
+    count per corpus (by clustering), a handful for a few domains. Dropout (0) and lr 5e-4 as the LoRA baseline.
     """
 
-    defaults = {**ADAMW_DEFAULTS, "lr": 5e-4, "heads": 4, "rank": 8, "alpha": 16, "dropout": 0.05}
+    defaults = {**ADAMW_DEFAULTS, "lr": 5e-4, "heads": 4, "rank": 8, "alpha": 16, "dropout": 0.0}
 
     def wrap(self, linear: nn.Linear) -> nn.Module:
         hp = self.hparams

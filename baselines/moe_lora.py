@@ -145,10 +145,10 @@ class MoELoRAMethod(AdapterMethod):
     Defaults: MOELoRA splits one LoRA rank budget over its experts (our reading of its medical multi-task
     setting: total rank 16 over 8 experts, alpha 32, 64-d task embedding). With two tasks and a 135M backbone
     we take 4 experts of rank 4 (total rank 16 and alpha 32, as the plain LoRA baseline), a 64-d task
-    embedding, and dropout 0.05 and lr 5e-4 as the LoRA baseline.
+    embedding, and dropout (0) and lr 5e-4 as the LoRA baseline.
     """
 
-    defaults = {**ADAMW_DEFAULTS, "lr": 5e-4, "experts": 4, "expert_rank": 4, "alpha": 32, "dropout": 0.05,
+    defaults = {**ADAMW_DEFAULTS, "lr": 5e-4, "experts": 4, "expert_rank": 4, "alpha": 32, "dropout": 0.0,
                 "task_dim": 64}
 
     def wrap(self, linear: nn.Linear) -> nn.Module:
