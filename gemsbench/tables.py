@@ -21,12 +21,16 @@ EFFICIENCY_FIELDS = [
     ("step_time_vs_lora", "× LoRA time/step", 1.0, "{:.2f}"),
     ("seconds_per_epoch", "Time per epoch (min)", 1 / 60, "{:.1f}"),
     ("targets_per_second", "Targets per second", 1.0, "{:.1f}"),
+    ("tokens_per_second", "Tokens per second", 1.0, "{:.0f}"),
+    ("mfu", "MFU", 1.0, "{:.2f}"),
     ("train_seconds", "Training time (min)", 1 / 60, "{:.1f}"),
 ]
 EFFICIENCY_NOTE = ("Peak memory: CUDA peak allocation on a GPU, the process's peak resident memory on a CPU "
                    "(model, data and framework included). Time per step excludes validation; × LoRA divides it by "
                    "the LoRA run's of the same seed; time per epoch = time per step × steps in one pass over the "
-                   "training units (LLM methods; the runs themselves may train for less than an epoch).")
+                   "training units (LLM methods; the runs themselves may train for less than an epoch). Tokens "
+                   "per second and MFU (model FLOP/s ÷ a matrix product's rate in the run's dtype, measured in the "
+                   "training process; gemsbench.throughput) cover the timed steps.")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
