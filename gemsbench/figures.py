@@ -7,7 +7,6 @@ every figure (:data:`METHOD_COLOURS`, the one place to change it).
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
+
+from .atomic import atomic_write
 
 COLUMN_WIDTH_IN = 3.3
 PNG_DPI = 300
@@ -77,9 +78,7 @@ def save(fig: Figure, stem: Path) -> list[Path]:
     paths = []
     for ext, extra in (("pdf", {"metadata": {"CreationDate": None}}), ("png", {"dpi": PNG_DPI})):
         final = stem.with_name(f"{stem.name}.{ext}")
-        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-        fig.savefig(tmp, format=ext, **extra)
-        os.replace(tmp, final)
+        atomic_write(final, lambda tmp: fig.savefig(tmp, format=ext, **extra))
         paths.append(final)
     return paths
 

@@ -18,18 +18,21 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from gems import (NullSpaceInfo, collect_feature_moments, find_target_modules, null_space_info,
-                  save_second_moments, second_moment_key, symmetric_eigh)
+from gems import (NullSpaceInfo, collect_feature_moments, find_target_modules, null_space_info, second_moment_key,
+                  symmetric_eigh)
 from gems.nullspace import FEATURE_SIDES
 
+from .atomic import DamagedFile, atomic_write
 from .backbone import Backbone, load_backbone
 from .config import digest
 from .corpus import CORPORA, batch_chunks, corpus_articles, tokenize_chunks
@@ -115,11 +118,34 @@ def collect_knowledge_space(model: nn.Module, tokenizer, space: KnowledgeSpace, 
     return collect_feature_moments(body, modules, batches, FEATURE_SIDES, progress=progress), tokens
 
 
+def save_tensors(path: Path, tensors: Mapping[str, Tensor]) -> None:
+    """A safetensors cache file of float32 CPU tensors, written atomically."""
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+
+
+@contextmanager
+def open_cache(path: Path, remedy: str) -> Iterator:
+    """A safetensors cache file opened for reading; one that does not open (truncated, overwritten) is a
+    :class:`~gemsbench.atomic.DamagedFile` whose message ends with ``remedy``."""
+    try:
+        stored = safe_open(str(path), framework="pt")
+    except Exception as e:  # noqa: BLE001 - any failure to read the header means the file is unusable
+        raise DamagedFile(path, e, remedy) from e
+    with stored:
+        yield stored
+
+
+def knowledge_remedy(path: Path) -> str:
+    return (f"delete it and {eigen_path(path)}; the next training run of a method that projects against it, "
+            "or the DAG's knowledge_space rule, collects it again")
+
+
 def save_knowledge_space(path: Path, backbone_spec: Mapping, space: KnowledgeSpace,
                          moments: Mapping[str, Mapping[str, Tensor]]) -> None:
     bid = backbone_id(backbone_spec)
-    save_second_moments(path, {second_moment_key(bid, name, space.corpus_label, space.articles, side): K
-                               for side, per_layer in moments.items() for name, K in per_layer.items()})
+    save_tensors(path, {second_moment_key(bid, name, space.corpus_label, space.articles, side): K
+                        for side, per_layer in moments.items() for name, K in per_layer.items()})
 
 
 def load_knowledge_space(path: Path, backbone_spec: Mapping, space: KnowledgeSpace, side: str,
@@ -128,7 +154,7 @@ def load_knowledge_space(path: Path, backbone_spec: Mapping, space: KnowledgeSpa
     GB for SmolLM2); a layer the file lacks is an error naming the fix."""
     bid = backbone_id(backbone_spec)
     keys = {name: second_moment_key(bid, name, space.corpus_label, space.articles, side) for name in layers}
-    with safe_open(str(path), framework="pt") as stored:
+    with open_cache(path, knowledge_remedy(path)) as stored:
         missing = [name for name, key in keys.items() if key not in stored.keys()]
         if missing:
             raise ValueError(f"{path} holds no K for {len(missing)} targeted layer(s), e.g. {missing[:3]}: it was "
@@ -173,11 +199,11 @@ def ensure_eigendecompositions(path: Path) -> tuple[Path, float | None]:
         return target, None
     start = time.perf_counter()
     decompositions = {}
-    with safe_open(str(path), framework="pt") as stored:
+    with open_cache(path, knowledge_remedy(path)) as stored:
         for key in stored.keys():
             values, vectors = symmetric_eigh(stored.get_tensor(key))
             decompositions.update({f"{key}::values": values, f"{key}::vectors": vectors})
-    save_second_moments(target, decompositions)  # the library's atomic safetensors write
+    save_tensors(target, decompositions)
     seconds = time.perf_counter() - start
     log.info("%d second-moment matrices eigen-decomposed in %.1f s -> %s", len(decompositions) // 2, seconds,
              target)
@@ -190,7 +216,8 @@ def load_eigendecompositions(path: Path, backbone_spec: Mapping, space: Knowledg
     :func:`ensure_eigendecompositions` for the K file at ``path``."""
     bid = backbone_id(backbone_spec)
     keys = {name: second_moment_key(bid, name, space.corpus_label, space.articles, side) for name in layers}
-    with safe_open(str(eigen_path(path)), framework="pt") as stored:
+    remedy = f"delete it; it is made again from {path} by the next run that needs it"
+    with open_cache(eigen_path(path), remedy) as stored:
         present = set(stored.keys())
         missing = [name for name, key in keys.items() if f"{key}::values" not in present]
         if missing:

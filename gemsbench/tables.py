@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,14 +30,6 @@ EFFICIENCY_NOTE = ("Peak memory: CUDA peak allocation on a GPU, the process's pe
                    "training units (LLM methods; the runs themselves may train for less than an epoch). Tokens "
                    "per second and MFU (model FLOP/s ÷ a matrix product's rate in the run's dtype, measured in the "
                    "training process; gemsbench.throughput) cover the timed steps.")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary sibling and rename, so an interrupted job never leaves a half-written table."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def collect(summary_paths: list[Path], labels: dict[str, str] | None = None) -> pd.DataFrame:

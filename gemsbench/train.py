@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from gems.targets import DEFAULT_TARGETS
 
+from .atomic import RETRAIN, atomic_torch_save, torch_load
 from .backbone import add_item_tokens, load_backbone
 from .evaluate import sampled_candidates
 from .formats import Encoder, FormatConfig, batch_tokens, count_labels, shuffled_order, subset_batch
@@ -153,14 +154,6 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
             params[n].copy_(t.to(params[n].device))
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def lr_lambda(settings: TrainSettings, total: int):
     warm = max(1, int(round(settings.warmup_ratio * total)))
 
@@ -210,6 +203,7 @@ class Loop:
         self.valid = validation_subset(ctx.dataset.splits["valid"], self.s.val_examples)
         self.run_dir = Path(ctx.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoint"
+        self.spec = self.run_spec()
         self.step = 0
         self.best = {"metric": None, "step": -1, "evals_since": 0}
         self.item_rows = method.item_rows(self.model, self.b.encoder.items) if self.s.item_lr_scale != 1 else []
@@ -365,20 +359,45 @@ class Loop:
         return val[f"val_{self.s.selection}"]
 
     # --- checkpoints ----------------------------------------------------------------------------
+    def run_spec(self) -> dict:
+        """Everything that decides this run's result, as its resume checkpoint records it: the method and its
+        hyper-parameters, every train setting, the seed, the backbone, and the prepared dataset's parameters and
+        statistics (meta.json, stats.json) — code defaults included, since the method's hyper-parameters, the
+        train settings and the loader's parameters are all stored with their defaults filled in — and the
+        precision the run computes in. Where the cache lives and which device trains are left out."""
+        spec = {"method": self.method.name, "hparams": self.method.hparams, "train": asdict(self.s),
+                "precision": self.b.precision,  # what precision: auto resolved to on this machine
+                "seed": self.ctx.seed, "backbone": {k: v for k, v in self.ctx.backbone.items() if k != "cache_root"},
+                "dataset": {"meta": self.ctx.dataset.meta, "stats": self.ctx.dataset.stats}}
+        return json.loads(json.dumps(spec, sort_keys=True, default=str))  # tuples as lists, as stored
+
     def save_last(self) -> None:
         atomic_torch_save({"step": self.step, "model": trainable_state(self.model),
                            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                            "torch_rng": torch.get_rng_state(), "best": self.best,
-                           "settings": asdict(self.s)}, self.ckpt_dir / "last.pt")
+                           "spec": json.dumps(self.spec, sort_keys=True)}, self.ckpt_dir / "last.pt")
+
+    def discard_checkpoints(self) -> None:
+        """Remove the resume and best checkpoints: what a run starting over must not continue or select."""
+        for name in ("last.pt", "best.pt"):
+            (self.ckpt_dir / name).unlink(missing_ok=True)
 
     def try_resume(self) -> bool:
+        """Continue from ``last.pt`` when it was written for this very run spec. One written for another spec
+        (a changed hyper-parameter, setting, dataset, backbone, seed or code default) is never continued: the
+        run starts over, with a warning naming what changed."""
         path = self.ckpt_dir / "last.pt"
         if not path.exists():
+            self.discard_checkpoints()
             return False
-        ck = torch.load(path, map_location=self.device, weights_only=True)
-        if ck["settings"] != asdict(self.s):
-            raise TrainingError(f"{path} was written with other train settings; delete {self.ckpt_dir} to "
-                                "start over, or restore the settings it was made with")
+        ck = torch_load(path, "delete it; the run then starts over from step 0", map_location=self.device)
+        recorded = json.loads(ck["spec"]) if "spec" in ck else None
+        if recorded != self.spec:
+            changed = "no run spec recorded: an earlier version of this suite wrote it" if recorded is None \
+                else "; ".join(spec_changes(recorded, self.spec))
+            log.warning("%s was written for another run spec (%s): starting over from step 0", path, changed)
+            self.discard_checkpoints()
+            return False
         load_trainable_state(self.model, ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
@@ -386,6 +405,22 @@ class Loop:
         self.step, self.best = ck["step"], ck["best"]
         log.info("resumed %s at step %d", self.run_dir, self.step)
         return True
+
+    def diverged(self, loss_rec: float, loss_search: float) -> TrainingError:
+        """The error that stops a run whose loss is no longer finite, with advice that fits the run. The resume
+        checkpoint is dropped: its weights may already be on the way to divergence, and a rerun continuing
+        them would diverge again."""
+        (self.ckpt_dir / "last.pt").unlink(missing_ok=True)
+        advice = [f"lower the learning rate (hparams.lr = {self.method.hparams['lr']:g})"
+                  if "lr" in self.method.hparams else "lower the learning rate"]
+        if self.s.precision != "fp32":
+            advice.append(f"train in full precision (train.precision: fp32 instead of {self.s.precision})")
+        if self.s.max_grad_norm <= 0:
+            advice.append("clip the gradient norm (train.max_grad_norm: 1.0; it is off)")
+        return TrainingError(
+            f"non-finite loss at step {self.step} (rec {loss_rec}, search {loss_search}) for method "
+            f"{self.method.name!r}: the run diverged. To fix it, {' or '.join(advice)}. Its resume checkpoint "
+            f"was dropped, so the rerun starts over from step 0.")
 
     # --- main -----------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -431,10 +466,7 @@ class Loop:
                     tg = None
                     loss_rec, loss_search = self.joint_backward(batches, n_rec, n_search)
                 if not (math.isfinite(loss_rec) and math.isfinite(loss_search)):
-                    raise TrainingError(
-                        f"non-finite loss at step {self.step} (rec {loss_rec}, search {loss_search}) for method "
-                        f"{self.method.name!r}: lower its learning rate or use train.precision: fp32. The last "
-                        f"good checkpoint (if any) is kept in {self.ckpt_dir}.")
+                    raise self.diverged(loss_rec, loss_search)
                 if self.s.max_grad_norm > 0:
                     self.clip(tg)
                 before = self.item_rows_before_step() if self.item_rows else None
@@ -506,6 +538,18 @@ class Loop:
             "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         }
         return summary
+
+
+def spec_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every (dotted) key whose value differs between two run specs."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += spec_changes(a, b, f"{name}.")
+        elif a != b:
+            out.append(f"{name}: {json.dumps(a)[:60]} -> {json.dumps(b)[:60]}")
+    return out
 
 
 def targeted_layer(name: str) -> str | None:
@@ -618,6 +662,7 @@ def load_llm_scorer(method: LLMMethod, ctx: RunContext) -> LLMScorer:
     best = Path(ctx.run_dir) / "checkpoint" / "best.pt"
     if not best.exists():
         raise TrainingError(f"no trained model at {best}; run the train step for this run first")
-    load_trainable_state(built.model, torch.load(best, map_location=resolve_device(ctx.device), weights_only=True))
+    state = torch_load(best, RETRAIN.format(run_dir=ctx.run_dir), map_location=resolve_device(ctx.device))
+    load_trainable_state(built.model, state)
     method.prepare_inference(built.model)
     return LLMScorer(built, method, resolve_device(ctx.device), settings.batch_tokens)

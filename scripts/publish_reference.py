@@ -28,6 +28,8 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from gemsbench.atomic import atomic_dir
+
 MAX_BYTES = 2_000_000  # "nothing over a few MB" in the repository
 TABLE_SUFFIXES = (".csv", ".md", ".tex")
 #: benchmark folder -> the named target its jobs belong to (sweep runs are told apart by their run name)
@@ -107,17 +109,6 @@ def main(argv=None) -> None:
     for r in job_rows:
         per_target[r["target"]] += r["wall_seconds"]
     out = args.out
-    staging = out.with_name(out.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "tables").mkdir(parents=True)
-    for f in files:
-        shutil.copy2(f, staging / "tables" / f.name)
-    shutil.copy2(args.results / "config.yaml", staging / "config.yaml")
-    if job_rows:
-        with open(staging / "jobs.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(job_rows[0]))
-            w.writeheader()
-            w.writerows(job_rows)
     provenance = {
         "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "publishing_commit": git("rev-parse", "--short", "HEAD"),
@@ -131,9 +122,17 @@ def main(argv=None) -> None:
                  "backbone cache, knowledge space, training and evaluation of the main grid; sensitivity: the "
                  "sweep runs; knowledge: the retention evaluations. jobs.csv has every job."),
     }
-    (staging / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(staging, out)
+    with atomic_dir(out) as staging:
+        (staging / "tables").mkdir()
+        for f in files:
+            shutil.copy2(f, staging / "tables" / f.name)
+        shutil.copy2(args.results / "config.yaml", staging / "config.yaml")
+        if job_rows:
+            with open(staging / "jobs.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(job_rows[0]))
+                w.writeheader()
+                w.writerows(job_rows)
+        (staging / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     print(json.dumps(provenance["wall_seconds_per_target"], indent=2))
     print(f"published {len(files)} tables and {len(job_rows)} job timings to {out}")
 

@@ -91,3 +91,52 @@ def test_malformed_examples_are_reported_with_their_row(synthetic_dataset):
     bad.at[bad.index[2], "targets"] = [10_000]
     with pytest.raises(DataFormatError, match="test example 2: item id out of range"):
         validate_examples(bad, synthetic_dataset.n_items, "test")
+
+
+def test_schema_train_defaults_are_the_train_settings_defaults():
+    """The schema fills the config's train section; TrainSettings serves code that builds one without a config.
+    Both must describe the same settings with the same defaults, every field (new ones included)."""
+    import dataclasses
+
+    from gemsbench.config import schema
+    from gemsbench.train import TrainSettings
+
+    declared = schema()["properties"]["train"]["properties"]
+    fields = {f.name: f for f in dataclasses.fields(TrainSettings)}
+    assert fields and set(fields) == set(declared)
+    for name, field in fields.items():
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        assert "default" in declared[name], name
+        assert default == declared[name]["default"], name
+        assert isinstance(default, bool) == isinstance(declared[name]["default"], bool), name
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda c: c["methods"]["full_ft"]["hparams"].update(lr=float("nan")), "methods/full_ft/hparams/lr': "),
+    (lambda c: c["methods"]["full_ft"]["hparams"].update(lr=-1e-3), "methods/full_ft/hparams/lr': .*> 0"),
+    (lambda c: c["methods"]["full_ft"]["hparams"].update(lr="1e-3"), "YAML reads 1e-3 as text"),
+    (lambda c: c["methods"]["lora"]["hparams"].update(rank=0), "methods/lora/hparams/rank': .*>= 1"),
+    (lambda c: c["methods"]["lora"]["hparams"].update(rank=4.0), "methods/lora/hparams/rank': .*integer"),
+    (lambda c: c["methods"]["lora"]["hparams"].update(dropout=1.5), r"methods/lora/hparams/dropout': .*\[0, 1\)"),
+    (lambda c: c["methods"]["gems"]["hparams"].update(update_gap=0), "methods/gems/hparams/update_gap'"),
+    (lambda c: c["methods"]["gems"]["hparams"].update(gate_rec_weight=2.0), "methods/gems/hparams/gate_rec_weight'"),
+    (lambda c: c["methods"]["gems"]["hparams"].update(rnak=8), "methods/gems/hparams/rnak': .*unknown"),
+    (lambda c: c["sensitivity"]["grid"].update(rank=[0]), "sensitivity/grid/rank/0/rank': .*>= 1"),
+    (lambda c: c["train"].update(max_grad_norm=float("inf")), "train/max_grad_norm': inf is not a finite"),
+    (lambda c: c["methods"].update({"lora; rm -rf ~": {"method": "lora"}}), "config key 'methods': .*does not match"),
+    (lambda c: c["datasets"].update({"../ml": c["datasets"]["ml100k"]}), "config key 'datasets': .*does not match"),
+])
+def test_bad_values_are_refused_at_start_up_naming_the_key(mutate, needle):
+    cfg = copy.deepcopy(base_config())
+    mutate(cfg)
+    with pytest.raises(ConfigError, match=needle):
+        validate(cfg)
+
+
+def test_every_method_declares_the_type_of_each_hyper_parameter():
+    from gemsbench.methods.registry import known_methods, method_class
+
+    for name in known_methods():
+        cls = method_class(name)
+        assert set(cls.hparam_types) == set(cls.defaults), name
+        assert cls.checked_hparams({}) == cls.defaults  # the defaults satisfy their own types

@@ -1,5 +1,6 @@
 """The whole DAG on the tiny config, end to end, in a temporary directory (what `snakemake --cores all` does)."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ def test_main_table_is_made(dag_run):
     assert set(table["task"]) == {"rec", "search"} and set(table["protocol"]) == {"sampled", "full"}
     md = (res / "tables" / "main.md").read_text()
     assert "sampled protocol" in md and "full protocol" in md
-    assert "main table: results/test/tables/main.md" in r.stderr + r.stdout or (res / "logs").exists()
+    assert "main table: results/test/tables/main.md" in (res / "logs" / "aggregate" / "main_table.log").read_text()
 
 
 def test_every_run_keeps_per_example_rows_and_logs(dag_run):
@@ -54,14 +55,49 @@ def test_second_run_has_nothing_to_do(dag_run):
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
 
 
-def test_bad_config_stops_snakemake_with_the_key(tmp_path):
+@pytest.mark.parametrize("mutate,key", [
+    (lambda c: c["train"].update(max_steps=-1), "max_steps"),
+    (lambda c: c["methods"]["full_ft"]["hparams"].update(lr=float("nan")), "methods/full_ft/hparams/lr"),
+], ids=["schema", "hyper-parameter"])
+def test_bad_config_stops_snakemake_with_the_key(mutate, key, tmp_path):
     cfg = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
-    cfg["train"]["max_steps"] = -1
+    mutate(cfg)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
     r = snakemake(tmp_path, "-n", configfile=path)
     assert r.returncode != 0
-    assert "max_steps" in r.stderr + r.stdout
+    assert key in r.stderr + r.stdout
+
+
+def planned_rules(r) -> set[str]:
+    """The rules a dry run would run."""
+    import re
+    return set(re.findall(r"^(?:local)?rule (\w+):", r.stdout + r.stderr, flags=re.M))
+
+
+def test_a_deleted_or_replaced_data_file_redoes_what_read_it(dag_run):
+    """Every rule that reads the prepared dataset declares each of its files (not only stats.json): a deleted
+    one is made again and everything downstream redone; one replaced by other content redoes everything that read
+    it."""
+    work, _ = dag_run
+    data = work / "results" / "test" / "data" / "ml100k"
+    deleted, aside = data / "train.parquet", data / "train.parquet.aside"
+    deleted.rename(aside)
+    try:
+        deleted_plan = planned_rules(snakemake(work, "-n", "--cores", "2"))
+    finally:
+        aside.rename(deleted)
+    replaced = data / "meta.json"
+    content, stat = replaced.read_bytes(), replaced.stat()
+    replaced.write_bytes(content + b"\n")
+    try:
+        replaced_plan = planned_rules(snakemake(work, "-n", "--cores", "2"))
+    finally:
+        replaced.write_bytes(content)
+        os.utime(replaced, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert {"prepare_data", "train", "evaluate", "retention", "retention_base", "main_table"} <= deleted_plan
+    assert {"train", "evaluate", "retention", "retention_base", "main_table"} <= replaced_plan
+    assert "prepare_data" not in replaced_plan
 
 
 def test_retention_measures_only_the_first_retention_seeds_seeds(tmp_path):

@@ -20,7 +20,7 @@ RUNS = [("gems", "GEMS", "gems"), ("lora", "LoRA", "lora"), ("popularity", "Popu
 
 def figure_args(out_dir, **csvs):
     defaults = {"metric": "ndcg@10", "main": None, "efficiency": None, "conflict": None, "conflict_summary": None,
-                "conflict_layers": None, "knowledge": None, "sensitivity": []}
+                "conflict_layers": None, "knowledge": None, "convergence": None, "sensitivity": []}
     return argparse.Namespace(out_dir=str(out_dir), **{**defaults, **csvs})
 
 
@@ -131,7 +131,8 @@ def test_conflict_collector_counts_negative_cosines_per_seed(tmp_path):
 
 def test_efficiency_table_converts_units_and_leaves_missing_quantities_blank(tmp_path):
     costs = {"trainable_parameters": 2_000_000, "optimizer_state_bytes": 3 * 2 ** 20, "peak_memory_bytes": 2 ** 31,
-             "seconds_per_step": 1.25, "targets_per_second": 40.0, "train_seconds": 600.0, "device": "cpu",
+             "seconds_per_step": 1.25, "targets_per_second": 40.0, "tokens_per_second": 150.0, "mfu": 0.4,
+             "train_seconds": 600.0, "device": "cpu",
              "units": 63, "spec": {"train": {"batch_size": 8, "grad_accum": 2}}}  # 4 steps per epoch
     paths = [write_run(tmp_path, "lora", "lora", 1, costs),
              write_run(tmp_path, "gems", "gems", 1, {**costs, "seconds_per_step": 2.5}),
@@ -141,10 +142,10 @@ def test_efficiency_table_converts_units_and_leaves_missing_quantities_blank(tmp
     summary = efficiency_summary(collect_efficiency(paths, {"lora": "LoRA"}))
     md = efficiency_markdown(summary, "Training cost · d · b · cpu")
     # time per epoch: 4 steps × 1.25 s = 5 s = 0.083 min; GEMS's step takes 2× LoRA's
-    assert "| LoRA | 2.00 | 3.0 | 2.00 | 1.25 | 1.00 | 0.1 | 40.0 | 10.0 |" in md
-    assert "| gems | 2.00 | 3.0 | 2.00 | 2.50 | 2.00 | 0.2 | 40.0 | 10.0 |" in md
-    assert "| dora | 2.00 | 3.0 | 2.00 | 5.00 | 4.00 | 0.3 | 40.0 | 10.0 |" in md
-    assert "| popularity | 0.00 | – | – | – | – | – | – | 0.0 |" in md
+    assert "| LoRA | 2.00 | 3.0 | 2.00 | 1.25 | 1.00 | 0.1 | 40.0 | 150 | 0.40 | 10.0 |" in md
+    assert "| gems | 2.00 | 3.0 | 2.00 | 2.50 | 2.00 | 0.2 | 40.0 | 150 | 0.40 | 10.0 |" in md
+    assert "| dora | 2.00 | 3.0 | 2.00 | 5.00 | 4.00 | 0.3 | 40.0 | 150 | 0.40 | 10.0 |" in md
+    assert "| popularity | 0.00 | – | – | – | – | – | – | – | – | 0.0 |" in md
 
 
 def test_per_layer_and_subspace_conflict_from_the_logs(tmp_path):

@@ -48,9 +48,13 @@ def test_dry_run_lists_the_full_job_graph(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     full = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
     n_runs = sum(len(d["backbones"]) for d in full["datasets"].values()) * len(full["methods"]) * len(full["seeds"])
+    # the sensitivity sweep's extra GEMS runs, one per grid point other than the base, on the first seed
+    n_sweep = sum(len(d["backbones"]) for d in full["datasets"].values()) * sum(
+        len(points) for points in full["sensitivity"]["grid"].values())
+    assert n_sweep == 20
     out = r.stdout + r.stderr
     train_line = next(line for line in out.splitlines() if line.strip().startswith("train "))
-    assert int(train_line.split()[1]) == n_runs // 3  # the fixture config runs one seed
+    assert int(train_line.split()[1]) == n_runs // 3 + n_sweep  # the fixture config runs one seed
 
 
 def test_paper_config_runs_end_to_end_on_fixtures(tmp_path):

@@ -74,7 +74,7 @@ def test_sweep_entry_is_the_base_entry_with_the_point_overlaid():
 
 
 def test_base_values_and_repeats_are_not_new_runs():
-    cfg = config(grid={"rank": [8, 4, 4.0, 16],  # test.yaml's gems entry has rank 8
+    cfg = config(grid={"rank": [8, 4, 4, 16],  # test.yaml's gems entry has rank 8
                        "gate": [{"gate": "heuristic"}, {"gate_rec_weight": 0.25, "gate": "fixed"},
                                 {"gate": "fixed", "gate_rec_weight": 0.25}],
                        "task_rank": [{"update_gap": 3, "task_rank": 2}]})

@@ -1,4 +1,5 @@
-"""The shared loop: per-task gradient identity, exact resume, determinism, clear failure on NaN."""
+"""The shared loop: per-task gradient identity, exact resume, determinism (faults and their handling:
+tests/test_faults.py)."""
 import json
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 
 from gemsbench.methods.base import RunContext
 from gemsbench.methods.registry import build_method
-from gemsbench.train import Loop, TrainingError, load_trainable_state
+from gemsbench.train import Loop, load_trainable_state
 
 TRAIN = {"max_steps": 6, "batch_size": 4, "eval_every": 3, "val_examples": 6, "precision": "fp32"}
 
@@ -83,12 +84,15 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(method, synthet
 
 
 def test_same_seed_same_weights(synthetic_dataset, tmp_path):
+    start = final_state(Loop(build_method("lora"), context(synthetic_dataset, tmp_path / "untrained")))
     a = Loop(build_method("lora"), context(synthetic_dataset, tmp_path / "a"))
     a.run()
     b = Loop(build_method("lora"), context(synthetic_dataset, tmp_path / "b"))
     b.run()
     sa, sb = final_state(a), final_state(b)
+    assert sa and sa.keys() == sb.keys() == start.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], start[k]) for k in sa)  # the runs trained: the weights moved
 
 
 def test_best_checkpoint_reloads_into_a_fresh_model(synthetic_dataset, tmp_path):
@@ -122,14 +126,6 @@ def test_merged_lora_scores_as_the_unmerged_model(hparams, synthetic_dataset, tm
     torch.testing.assert_close(merged.score(examples), unmerged.score(examples), atol=1e-4, rtol=1e-4)
 
 
-def test_nan_loss_stops_with_a_clear_error(synthetic_dataset, tmp_path):
-    loop = Loop(build_method("full_ft", {"lr": 1e-3}), context(synthetic_dataset, tmp_path))
-    with torch.no_grad():
-        next(loop.model.parameters()).fill_(float("nan"))
-    with pytest.raises(TrainingError, match="non-finite loss at step 0"):
-        loop.run()
-
-
 def interrupted_after_step_3(method, ctx):
     """Run until the checkpoint of step 3 exists, then interrupt (as a killed job would)."""
     real_step = method.optimizer_step
@@ -144,12 +140,6 @@ def interrupted_after_step_3(method, ctx):
     method.optimizer_step = step
     with pytest.raises(KeyboardInterrupt):
         Loop(method, ctx).run()
-
-
-def test_resume_with_other_settings_is_refused(synthetic_dataset, tmp_path):
-    interrupted_after_step_3(build_method("lora"), context(synthetic_dataset, tmp_path, checkpoint_every=3))
-    with pytest.raises(TrainingError, match="other train settings"):
-        Loop(build_method("lora"), context(synthetic_dataset, tmp_path, batch_size=2, checkpoint_every=3)).run()
 
 
 def test_a_finished_run_keeps_its_best_weights_but_not_the_resume_state(synthetic_dataset, tmp_path):

@@ -24,13 +24,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..atomic import atomic_write_text
 from ..config import load_config
 from ..convergence import collect_convergence, convergence_markdown, convergence_summary
 from ..sensitivity import sensitivity_latex, sensitivity_markdown, sensitivity_note, sensitivity_table
 from ..tables import (ABLATION_NOTE, ablation_summary, collect, collect_conflict, collect_efficiency,
                       collect_layer_conflict, conflict_markdown, efficiency_latex, efficiency_markdown,
                       efficiency_summary, efficiency_title, latex_table, markdown_table, seed_summary,
-                      significance_note, with_markers, write_text_atomic)
+                      significance_note, with_markers)
 from ..tables import collect_knowledge, knowledge_latex, knowledge_markdown, knowledge_summary, knowledge_title
 from .common import main, parser
 
@@ -44,8 +45,8 @@ def metric_tables(config: dict, summary: pd.DataFrame, stem: Path, prefix: str, 
         title = f"{prefix}{dataset} · {backbone} · {protocol} protocol · {config['evaluate']['split']} split"
         md.append(markdown_table(grp, config["tables"]["metrics"], title, note))
         tex.append(latex_table(grp, config["tables"]["metrics"], title, note))
-    write_text_atomic(stem.with_suffix(".md"), "\n".join(md))
-    write_text_atomic(stem.with_suffix(".tex"), "\n".join(tex))
+    atomic_write_text("\n".join(md), stem.with_suffix(".md"))
+    atomic_write_text("\n".join(tex), stem.with_suffix(".tex"))
 
 
 def main_table(config: dict, labels: dict[str, str], summaries: list[Path], out: Path, significance: str | None):
@@ -55,33 +56,33 @@ def main_table(config: dict, labels: dict[str, str], summaries: list[Path], out:
     if significance:
         sig = pd.read_csv(significance)
         summary, note = with_markers(summary, sig), significance_note(sig, labels)
-    write_text_atomic(out / "main_per_seed.csv", long.to_csv(index=False))
-    write_text_atomic(out / "main.csv", summary.to_csv(index=False))
+    atomic_write_text(long.to_csv(index=False), out / "main_per_seed.csv")
+    atomic_write_text(summary.to_csv(index=False), out / "main.csv")
     metric_tables(config, summary, out / "main", "", note)
     print(f"main table: {out / 'main.md'} (CSV: {out / 'main.csv'}, LaTeX: {out / 'main.tex'})")
 
 
 def efficiency_table(labels: dict[str, str], summaries: list[Path], out: Path):
     summary = efficiency_summary(collect_efficiency(summaries, labels))
-    write_text_atomic(out / "efficiency.csv", summary.to_csv(index=False))
+    atomic_write_text(summary.to_csv(index=False), out / "efficiency.csv")
     md, tex = [], []
     for (dataset, backbone), grp in summary.groupby(["dataset", "backbone"], sort=False):
         title = efficiency_title(grp, dataset, backbone)
         md.append(efficiency_markdown(grp, title))
         tex.append(efficiency_latex(grp, title))
-    write_text_atomic(out / "efficiency.md", "\n".join(md))
-    write_text_atomic(out / "efficiency.tex", "\n".join(tex))
+    atomic_write_text("\n".join(md), out / "efficiency.md")
+    atomic_write_text("\n".join(tex), out / "efficiency.tex")
     print(f"efficiency table: {out / 'efficiency.md'}")
 
 
 def conflict_tables(labels: dict[str, str], summaries: list[Path], out: Path):
     per_step, per_run = collect_conflict(summaries, labels)
-    write_text_atomic(out / "conflict.csv", per_step.to_csv(index=False))
-    write_text_atomic(out / "conflict_summary.csv", per_run.to_csv(index=False))
-    write_text_atomic(out / "conflict_layers.csv", collect_layer_conflict(summaries, labels).to_csv(index=False))
-    write_text_atomic(out / "conflict.md", "\n".join(
+    atomic_write_text(per_step.to_csv(index=False), out / "conflict.csv")
+    atomic_write_text(per_run.to_csv(index=False), out / "conflict_summary.csv")
+    atomic_write_text(collect_layer_conflict(summaries, labels).to_csv(index=False), out / "conflict_layers.csv")
+    atomic_write_text("\n".join(
         conflict_markdown(grp, f"Search/recommendation gradient conflict · {dataset} · {backbone}")
-        for (dataset, backbone), grp in per_run.groupby(["dataset", "backbone"], sort=False)))
+        for (dataset, backbone), grp in per_run.groupby(["dataset", "backbone"], sort=False)), out / "conflict.md")
     silent = per_run.loc[per_run["steps_logged"] == 0, "run"].tolist()
     if silent:
         log.info("no gradient cosines logged for %s (an LLM method logs them every train.conflict_every steps, "
@@ -94,14 +95,14 @@ def ablation_table(config: dict, main_csv: Path, out: Path):
     if "marker" in main:
         main["marker"] = main["marker"].fillna("")
     summary = ablation_summary(main)
-    write_text_atomic(out / "ablation.csv", summary.to_csv(index=False))
+    atomic_write_text(summary.to_csv(index=False), out / "ablation.csv")
     metric_tables(config, summary, out / "ablation", "Ablation · ", ABLATION_NOTE)
     print(f"ablation table: {out / 'ablation.md'}")
 
 
 def sensitivity_tables(config: dict, summaries: list[Path], out: Path):
     table = sensitivity_table(config, summaries)
-    write_text_atomic(out / "sensitivity.csv", table.to_csv(index=False))
+    atomic_write_text(table.to_csv(index=False), out / "sensitivity.csv")
     base = config["sensitivity"]["base"]
     note = sensitivity_note(config)
     md, tex = [], []
@@ -110,33 +111,33 @@ def sensitivity_tables(config: dict, summaries: list[Path], out: Path):
                  f"{protocol} protocol · {config['evaluate']['split']} split")
         md.append(sensitivity_markdown(grp, title, note))
         tex.append(sensitivity_latex(grp, title, note))
-    write_text_atomic(out / "sensitivity.md", "\n".join(md))
-    write_text_atomic(out / "sensitivity.tex", "\n".join(tex))
+    atomic_write_text("\n".join(md), out / "sensitivity.md")
+    atomic_write_text("\n".join(tex), out / "sensitivity.tex")
     print(f"sensitivity table: {out / 'sensitivity.md'} ({len(table[['param', 'value']].drop_duplicates())} points)")
 
 
 def knowledge_table(labels: dict[str, str], retention_paths: list[Path], out: Path):
     per_seed, _ = collect_knowledge(retention_paths, labels)
     summary = knowledge_summary(per_seed)
-    write_text_atomic(out / "knowledge.csv", summary.to_csv(index=False))
+    atomic_write_text(summary.to_csv(index=False), out / "knowledge.csv")
     md, tex = [], []
     for (dataset, backbone), grp in summary.groupby(["dataset", "backbone"], sort=False):
         title = knowledge_title(grp, dataset, backbone)
         md.append(knowledge_markdown(grp, title))
         tex.append(knowledge_latex(grp, title))
-    write_text_atomic(out / "knowledge.md", "\n".join(md))
-    write_text_atomic(out / "knowledge.tex", "\n".join(tex))
+    atomic_write_text("\n".join(md), out / "knowledge.md")
+    atomic_write_text("\n".join(tex), out / "knowledge.tex")
     print(f"knowledge table: {out / 'knowledge.md'}")
 
 
 def convergence_tables(labels: dict[str, str], summaries: list[Path], out: Path):
     curves = collect_convergence(summaries, labels)
     summary = convergence_summary(curves)
-    write_text_atomic(out / "convergence.csv", curves.to_csv(index=False))
-    write_text_atomic(out / "convergence_summary.csv", summary.to_csv(index=False))
+    atomic_write_text(curves.to_csv(index=False), out / "convergence.csv")
+    atomic_write_text(summary.to_csv(index=False), out / "convergence_summary.csv")
     md = [convergence_markdown(grp, f"Learning curves · {dataset} · {backbone}")
           for (dataset, backbone), grp in summary.groupby(["dataset", "backbone"], sort=False)]
-    write_text_atomic(out / "convergence.md", "\n".join(md) or "No LLM run logged a validation.\n")
+    atomic_write_text("\n".join(md) or "No LLM run logged a validation.\n", out / "convergence.md")
     print(f"convergence table: {out / 'convergence.md'} (every validation: {out / 'convergence.csv'})")
 
 

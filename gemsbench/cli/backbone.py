@@ -4,9 +4,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..atomic import atomic_write_json
 from ..backbone import load_backbone
 from ..config import ConfigError, load_config
-from ..data.format import atomic_write_json
 from .common import main, parser
 
 

@@ -1,12 +1,15 @@
-"""What every entry point shares: logging, clean error exits, the run context."""
+"""What every entry point shares: logging, clean error exits, stopping with the process that started it, the run
+context."""
 from __future__ import annotations
 
 import argparse
 import logging
-import shutil
+import os
+import signal
 import sys
+import threading
+import time
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
 
 from ..backbone import BackboneError
@@ -37,10 +40,41 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", required=True, help="directory of this run (checkpoints, logs)")
 
 
+class Terminated(SystemExit):
+    """SIGTERM arrived (a cancelled job, or the parent process ended): raised where the program is, so it
+    unwinds as on an error — temporary files removed, locks released, nothing half-written."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated(128 + signum)
+
+
+def stop_with_parent(interval: float = 1.0) -> None:
+    """Send this process SIGTERM once the process that started it has died (checked every ``interval`` seconds
+    by a daemon thread: a dead parent's children are re-parented, so ``os.getppid()`` changes). A step whose
+    Snakemake job or shell wrapper is killed then stops too, instead of running on as an orphan that trains
+    into a run directory a rerun is already using and later writes outputs nobody waits for. (To keep a step
+    running after its terminal closes, start it inside tmux or screen.)
+
+    Not prctl(PR_SET_PDEATHSIG): the kernel sends that signal when the *thread* that started the process ends,
+    and Snakemake starts jobs from worker threads — a job was killed that way after finishing its work."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+
+
 def main(fn, args: argparse.Namespace) -> None:
-    """Run ``fn(args)``; turn known errors into one clear line on stderr and exit code 2."""
+    """Run ``fn(args)``; turn known errors into one clear line on stderr and exit code 2, and SIGTERM (also
+    sent when the parent process dies) into an orderly exit with code 143."""
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _terminate)
+    stop_with_parent()
     try:
         fn(args)
     except USER_ERRORS as e:
@@ -49,6 +83,10 @@ def main(fn, args: argparse.Namespace) -> None:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
+    except Terminated:
+        print("error: stopped by SIGTERM (the job was cancelled or the process that started it ended)",
+              file=sys.stderr)
+        raise
 
 
 def config_and_run(args) -> tuple[dict, Run]:
@@ -67,20 +105,3 @@ def run_context(config: dict, run: Run, data_dir: str, run_dir: str) -> RunConte
     return RunContext(dataset=load_prepared(Path(data_dir)), run_dir=Path(run_dir), seed=run.seed,
                       hparams=spec.get("hparams", {}), train=run_train_settings(config, run.run),
                       backbone=backbone, device=config["device"])
-
-
-@contextmanager
-def staging_dir(final: Path):
-    """Yield a temporary sibling directory that replaces ``final`` only if the block succeeds."""
-    final = Path(final)
-    tmp = final.with_name(f".{final.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)

@@ -5,8 +5,8 @@ import logging
 import time
 from pathlib import Path
 
+from ..atomic import atomic_write_json, atomic_write_parquet
 from ..config import method_entry
-from ..data.format import atomic_write_json, atomic_write_parquet
 from ..evaluate import evaluate, evaluation_subset, summarise
 from ..methods.registry import build_method
 from .common import add_run_args, config_and_run, main, parser, run_context

@@ -9,7 +9,6 @@ their eigendecompositions go to the shared cache (``{cache_dir}/knowledge/{backb
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -19,20 +18,14 @@ import torch
 from gems import find_target_modules
 from gems.nullspace import FEATURE_SIDES
 
+from ..atomic import atomic_write_json, atomic_write_text
 from ..backbone import load_backbone
 from ..config import ConfigError, load_config
-from ..data.format import atomic_write_json
 from ..knowledge import (KnowledgeSpace, backbone_id, ensure_eigendecompositions, ensure_knowledge_space,
                          layer_type_summary, load_eigendecompositions, null_space_rows)
 from .common import main, parser
 
 log = logging.getLogger(__name__)
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def run(args) -> None:
@@ -57,8 +50,8 @@ def run(args) -> None:
     summary = layer_type_summary(rows)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(pd.DataFrame(rows), out / f"{space.stem}_layers.csv")
-    _write_csv(pd.DataFrame(summary), out / f"{space.stem}_by_type.csv")
+    atomic_write_text(pd.DataFrame(rows).to_csv(index=False), out / f"{space.stem}_layers.csv")
+    atomic_write_text(pd.DataFrame(summary).to_csv(index=False), out / f"{space.stem}_by_type.csv")
     atomic_write_json({"backbone": args.backbone, "backbone_id": backbone_id(spec), "cache_file": str(path),
                        "corpus": space.corpus, "articles": space.articles, "max_tokens": space.max_tokens,
                        "collection": collected or "read from cache",

@@ -6,9 +6,10 @@ import logging
 import time
 from pathlib import Path
 
+from ..atomic import atomic_dir
 from ..config import ConfigError, load_config
 from ..data.registry import get_preparer
-from .common import main, parser, staging_dir
+from .common import main, parser
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ def run(args) -> None:
     spec = config["datasets"][args.dataset]
     prepare = get_preparer(spec["loader"])
     t0 = time.time()
-    with staging_dir(Path(args.out)) as tmp:
+    with atomic_dir(Path(args.out)) as tmp:
         prepare(dict(spec.get("params", {})), tmp)
     stats = json.loads((Path(args.out) / "stats.json").read_text())
     log.info("prepared %s in %.1f s: %s", args.dataset, time.time() - t0, stats)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..atomic import atomic_write_text
 from ..config import load_config
 from ..stats import COLUMNS, load_rows, significance_table
-from ..tables import write_text_atomic
 from .common import main, parser
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def run(args) -> None:
         log.info("%d comparisons of %r, %d significant after Holm (t-test, alpha %g)", len(table), reference,
                  len(marked), settings["alpha"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, table.to_csv(index=False))
+    atomic_write_text(table.to_csv(index=False), out)
     print(f"significance: {out}")
 
 

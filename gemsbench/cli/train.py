@@ -1,16 +1,20 @@
-"""Train one run (dataset, backbone, method entry, seed); resumes from the run's last checkpoint."""
+"""Train one run (dataset, backbone, method entry, seed); resumes from the run's last checkpoint when it was
+written for the same run spec. One trainer per run directory: a second one fails at once."""
 from __future__ import annotations
 
 import logging
 import platform
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write_json
 from ..config import digest, method_entry, run_spec
-from ..data.format import atomic_write_json
+from ..locks import LockBusy, file_lock
 from ..methods.registry import build_method
+from ..train import TrainingError
 from .common import add_run_args, config_and_run, main, parser, run_context
 
 log = logging.getLogger(__name__)
@@ -24,17 +28,35 @@ def git_commit() -> str:
         return "unknown"
 
 
+#: the lock file, in the run directory, that one trainer holds for its whole training
+LOCK_NAME = ".train.lock"
+
+
+@contextmanager
+def training_lock(run_dir: Path):
+    """Hold the run directory's lock for the block; a second trainer of the same directory fails at once,
+    naming the one that holds it (two would overwrite each other's checkpoints)."""
+    try:
+        with file_lock(Path(run_dir) / LOCK_NAME, wait=False):
+            yield
+    except LockBusy as e:
+        raise TrainingError(f"another trainer ({e.holder or 'unknown process'}) is training into {run_dir}: "
+                            f"wait for it to finish, or stop it and rerun (two trainers would overwrite each "
+                            f"other's checkpoints; lock file {e.path})") from None
+
+
 def run(args) -> None:
     config, r = config_and_run(args)
-    ctx = run_context(config, r, args.data, args.run_dir)
-    method = build_method(method_entry(config, r.run)["method"], ctx.hparams)
-    ctx.hparams = method.hparams
-    torch.manual_seed(r.seed)
-    summary = method.fit(ctx)
-    summary.update(run=r.run, dataset=r.dataset, backbone=r.backbone, seed=r.seed, spec=run_spec(config, r),
-                   spec_digest=digest(run_spec(config, r)), commit=git_commit(), machine=platform.node(),
-                   torch=torch.__version__, threads=torch.get_num_threads())
-    atomic_write_json(summary, Path(args.run_dir) / "summary.json")
+    with training_lock(Path(args.run_dir)):
+        ctx = run_context(config, r, args.data, args.run_dir)
+        method = build_method(method_entry(config, r.run)["method"], ctx.hparams)
+        ctx.hparams = method.hparams
+        torch.manual_seed(r.seed)
+        summary = method.fit(ctx)
+        summary.update(run=r.run, dataset=r.dataset, backbone=r.backbone, seed=r.seed, spec=run_spec(config, r),
+                       spec_digest=digest(run_spec(config, r)), commit=git_commit(), machine=platform.node(),
+                       torch=torch.__version__, threads=torch.get_num_threads())
+        atomic_write_json(summary, Path(args.run_dir) / "summary.json")
     log.info("trained %s in %.1f s", r.path, summary.get("wall_seconds") or summary.get("train_seconds", 0))
 
 

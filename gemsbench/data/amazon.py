@@ -43,9 +43,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ..atomic import atomic_write_text
 from .build import add_candidates, compute_stats, densify, filter_min_events_per_task, finish
 from .format import SPLITS, TASKS, DataFormatError, write_prepared
-from .rawio import (atomic_write_text, examples_frame, iter_records, loader_params, mean_history_length,
+from .rawio import (examples_frame, iter_records, loader_params, mean_history_length,
                     open_text, require_fields, resolve_files, stats_markdown)
 from .registry import register_dataset
 

@@ -19,12 +19,12 @@ target ever enters a training input. Formats (prompt, timeline) decide which his
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from ..atomic import DamagedFile, atomic_write_json, atomic_write_parquet, read_json
 
 TASKS = ("rec", "search")
 SPLITS = ("train", "valid", "test")
@@ -66,33 +66,6 @@ class PreparedDataset:
     @property
     def name(self) -> str:
         return self.meta.get("dataset", self.root.name)
-
-
-def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
-    """Write ``df`` to ``path`` through a temporary file so an interrupted job leaves nothing half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(obj, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if hasattr(o, "item"):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _require_columns(df: pd.DataFrame, columns, what: str) -> None:
@@ -144,21 +117,36 @@ def write_prepared(root: Path, items: pd.DataFrame, events: pd.DataFrame, splits
     atomic_write_json(stats, root / "stats.json")
 
 
+#: every file of a prepared dataset, stats.json (written last) last
+PREPARED_FILES = ("items.parquet", "events.parquet", *(f"{split}.parquet" for split in SPLITS), "meta.json",
+                  "stats.json")
+PREPARE_HINT = ("run the prepare step again (`snakemake` does, for the dataset's directory under "
+                "results_dir/data; or `python -m gemsbench.cli.prepare --config CONFIG --dataset NAME --out DIR`)")
+
+
 def load_prepared(root: Path) -> PreparedDataset:
+    """A prepared dataset from its directory; a missing file, or one that does not read, is an error naming it
+    and the fix (preparing the dataset again)."""
     root = Path(root)
     if not (root / "stats.json").exists():
-        raise DataFormatError(f"{root} is not a prepared dataset (no stats.json); run the prepare step, e.g. "
-                              "`python -m gemsbench.cli.prepare --config config/default.yaml --dataset NAME`")
-    items = pd.read_parquet(root / "items.parquet")
-    events = pd.read_parquet(root / "events.parquet")
+        raise DataFormatError(f"{root} is not a prepared dataset (no stats.json); {PREPARE_HINT}")
+    missing = [name for name in PREPARED_FILES if not (root / name).exists()]
+    if missing:
+        raise DataFormatError(f"{root} lacks {missing}: delete the directory and {PREPARE_HINT}")
+    remedy = f"delete {root} and {PREPARE_HINT}"
+
+    def table(name: str) -> pd.DataFrame:
+        try:
+            return pd.read_parquet(root / name)
+        except Exception as e:  # noqa: BLE001 - pyarrow reports damage through many exception types
+            raise DamagedFile(root / name, e, remedy) from e
+
+    items, events = table("items.parquet"), table("events.parquet")
     splits = {}
     for split in SPLITS:
-        df = pd.read_parquet(root / f"{split}.parquet")
+        df = table(f"{split}.parquet")
         for col in ("history", "history_task", "history_query", "targets", "candidates"):
             df[col] = df[col].map(list)
         splits[split] = df
-    with open(root / "stats.json") as f:
-        stats = json.load(f)
-    with open(root / "meta.json") as f:
-        meta = json.load(f)
+    stats, meta = read_json(root / "stats.json", remedy), read_json(root / "meta.json", remedy)
     return PreparedDataset(root, items, events, splits, stats, meta)

@@ -54,9 +54,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from ..atomic import atomic_write_text
 from .build import add_candidates, assign_loo_splits, compute_stats
 from .format import TASKS, DataFormatError, write_prepared
-from .rawio import (atomic_write_text, examples_frame, loader_params, mean_history_length, require_fields,
+from .rawio import (examples_frame, loader_params, mean_history_length, require_fields,
                     resolve_files, stats_markdown)
 from .registry import register_dataset
 

@@ -77,14 +77,6 @@ def iter_records(path: Path, hint: str) -> Iterator[dict]:
             yield record
 
 
-def atomic_write_text(text: str, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def examples_frame(rows: list[tuple]) -> pd.DataFrame:
     """An example table from rows (user, task, query, history, history_task, history_query, targets, ts),
     with example ids in row order and empty candidates (:func:`.build.add_candidates` fills valid/test)."""

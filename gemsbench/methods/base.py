@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..data.format import PreparedDataset
+from .hparams import HParam, HParamError
 
 
 class Scorer(Protocol):
@@ -50,14 +51,31 @@ class Method(ABC):
     name: ClassVar[str]
     #: defaults of this method's hyper-parameters; keys outside it are rejected at construction
     defaults: ClassVar[dict[str, Any]] = {}
+    #: the type and range of each hyper-parameter (one per key of ``defaults``; see gemsbench.methods.hparams)
+    hparam_types: ClassVar[dict[str, HParam]] = {}
 
     def __init__(self, hparams: dict | None = None):
-        hparams = dict(hparams or {})
-        unknown = set(hparams) - set(self.defaults)
+        self.hparams = self.checked_hparams(dict(hparams or {}))
+
+    @classmethod
+    def checked_hparams(cls, hparams: dict) -> dict:
+        """The defaults overlaid with ``hparams``, every value checked against its declared type and range;
+        an unknown key or a bad value is an :class:`HParamError` naming the key."""
+        undeclared = set(cls.defaults) - set(cls.hparam_types)
+        if undeclared:
+            raise TypeError(f"method {cls.name!r} declares no type for hyper-parameter(s) {sorted(undeclared)}: "
+                            "add them to its hparam_types")
+        unknown = sorted(set(hparams) - set(cls.defaults))
         if unknown:
-            raise ValueError(f"method {self.name!r}: unknown hyper-parameter(s) {sorted(unknown)}; "
-                             f"known: {sorted(self.defaults)}")
-        self.hparams = {**self.defaults, **hparams}
+            raise HParamError(unknown[0], f"method {cls.name!r}: unknown hyper-parameter(s) {unknown}; "
+                                          f"known: {sorted(cls.defaults)}")
+        merged = {**cls.defaults, **hparams}
+        for key, value in merged.items():
+            try:
+                cls.hparam_types[key].check(key, value)
+            except HParamError as e:
+                raise HParamError(key, f"hyper-parameter {key!r} of method {cls.name!r} {e}") from None
+        return merged
 
     @abstractmethod
     def fit(self, ctx: RunContext) -> dict:

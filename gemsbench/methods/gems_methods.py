@@ -53,16 +53,21 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from gems import (GateConfig, MultiSubspaceAdamW, build_param_groups, find_target_modules,
+from gems import (GATE_MODES, GateConfig, MultiSubspaceAdamW, build_param_groups, find_target_modules,
                   null_space_low_rank_from_eigh)
+from gems.nullspace import FEATURE_SIDES, NULL_RULES
+from gems.optimizer import MOMENT_POLICIES, PROJECTION_DTYPES, TASK_BASES
+from gems.projector import SVD_METHODS
 from gems.targets import DEFAULT_TARGETS
 
-from ..data.format import atomic_write_json
+from ..atomic import atomic_write_json
+from ..corpus import CORPORA
 from ..knowledge import (KnowledgeSpace, ensure_eigendecompositions, ensure_knowledge_space, knowledge_space_path,
                          layer_type_summary, load_eigendecompositions, null_space_row)
 from ..modeling import resolve_precision
 from ..train import TrainSettings, resolve_device
 from .base import LLMMethod, RunContext, TaskGradients
+from .hparams import ADAMW_TYPES, boolean, choice, integer, names, number, weights
 from .registry import register_method
 
 log = logging.getLogger(__name__)
@@ -75,6 +80,17 @@ MULTI_SUBSPACE = {"task_rank": 64, "task_basis": "raw", "gate": "heuristic", "ga
 NULL_SPACE = {"null_side": "output", "null_rule": "threshold", "null_tau": 2e-2, "null_energy": 0.99,
               "null_fallback_fraction": 0.05, "null_project_update": True,
               "knowledge_corpus": "enwiki_gensim", "knowledge_articles": 64, "knowledge_max_tokens": 256}
+SUBSPACE_TYPES = {"rank": integer(1), "update_gap": integer(1), "scale": number(0, low_open=True),
+                  "svd": choice(*SVD_METHODS), "svd_oversample": integer(0), "moment_policy": choice(*MOMENT_POLICIES),
+                  "projection_dtype": choice("auto", *PROJECTION_DTYPES), "targets": names()}
+MULTI_SUBSPACE_TYPES = {"task_rank": integer(1, optional=True), "task_basis": choice(*TASK_BASES),
+                        "gate": choice(*GATE_MODES), "gate_rec_weight": number(0, 1), "gate_mix": weights(3),
+                        "log_subspace_cosines": boolean()}
+NULL_SPACE_TYPES = {"null_side": choice(*FEATURE_SIDES), "null_rule": choice(*NULL_RULES),
+                    "null_tau": number(0, low_open=True), "null_energy": number(0, 1, low_open=True),
+                    "null_fallback_fraction": number(0, 1, low_open=True, optional=True),
+                    "null_project_update": boolean(), "knowledge_corpus": choice(*CORPORA),
+                    "knowledge_articles": integer(1), "knowledge_max_tokens": integer(1)}
 #: per-step optimizer statistics worth a line in the training log (gates and cosines: multi-subspace only)
 LOGGED_STATS = ("refreshes", "skipped_refreshes", "deferred", "nonfinite_skips", "svd_seconds")
 TASK_STATS = ("gate_rec", "gate_search", "cos_full", "cos_shared", "cos_task")
@@ -196,6 +212,7 @@ class Gems(SubspaceMethod):
     needs_knowledge_space = True
     uses_task_gradients = True
     defaults = {**ADAMW, **SUBSPACE, **MULTI_SUBSPACE, **NULL_SPACE}
+    hparam_types = {**ADAMW_TYPES, **SUBSPACE_TYPES, **MULTI_SUBSPACE_TYPES, **NULL_SPACE_TYPES}
 
 
 @register_method("gems_no_msd")
@@ -205,6 +222,7 @@ class GemsNoMSD(SubspaceMethod):
     multi_subspace = False
     needs_knowledge_space = True
     defaults = {**ADAMW, **SUBSPACE, **NULL_SPACE}
+    hparam_types = {**ADAMW_TYPES, **SUBSPACE_TYPES, **NULL_SPACE_TYPES}
 
 
 @register_method("gems_no_nsp")
@@ -215,6 +233,7 @@ class GemsNoNSP(SubspaceMethod):
     needs_knowledge_space = False
     uses_task_gradients = True
     defaults = {**ADAMW, **SUBSPACE, **MULTI_SUBSPACE}
+    hparam_types = {**ADAMW_TYPES, **SUBSPACE_TYPES, **MULTI_SUBSPACE_TYPES}
 
 
 @register_method("galore")
@@ -224,3 +243,4 @@ class GaLore(SubspaceMethod):
     multi_subspace = False
     needs_knowledge_space = False
     defaults = {**ADAMW, **SUBSPACE}
+    hparam_types = {**ADAMW_TYPES, **SUBSPACE_TYPES}

@@ -7,6 +7,7 @@ from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 from torch import nn
 
 from .base import LLMMethod
+from .hparams import ADAMW_TYPES, DROPOUT, boolean, choice, integer, number
 from .registry import register_method
 
 DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -35,6 +36,9 @@ def adamw(params, hp: dict) -> torch.optim.AdamW:
 
 
 ADAMW_DEFAULTS = {"lr": 1e-4, "weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-6}
+#: LoRA's own hyper-parameters
+LORA_TYPES = {"rank": integer(1), "alpha": number(0, low_open=True), "dropout": DROPOUT, "use_dora": boolean(),
+              "init": choice("default", "pissa", "gaussian")}
 
 
 @register_method("full_ft")
@@ -42,6 +46,7 @@ class FullFineTune(LLMMethod):
     """Every weight trainable, AdamW (betas, eps and weight decay as in the release)."""
 
     defaults = dict(ADAMW_DEFAULTS)
+    hparam_types = dict(ADAMW_TYPES)
 
     def prepare_model(self, model, item_token_ids):
         for p in model.parameters():
@@ -65,11 +70,10 @@ class LoRA(LLMMethod):
 
     defaults = {**ADAMW_DEFAULTS, "lr": 5e-4, "rank": 16, "alpha": 32, "dropout": 0.0, "use_dora": False,
                 "init": "default"}
+    hparam_types = {**ADAMW_TYPES, **LORA_TYPES}
 
     def lora_config(self, model, item_token_ids) -> LoraConfig:
-        init = {"default": True, "pissa": "pissa", "gaussian": "gaussian"}.get(self.hparams["init"])
-        if init is None:
-            raise ValueError(f"unknown LoRA init {self.hparams['init']!r}; use default, pissa or gaussian")
+        init = {"default": True, "pissa": "pissa", "gaussian": "gaussian"}[self.hparams["init"]]
         return LoraConfig(r=self.hparams["rank"], lora_alpha=self.hparams["alpha"],
                           lora_dropout=self.hparams["dropout"], target_modules=linear_targets(model),
                           use_dora=self.hparams["use_dora"], init_lora_weights=init,

@@ -15,5 +15,5 @@ rule main_table:
     log:
         f"{RESULTS}/logs/aggregate/main_table.log",
     shell:
-        "python -m gemsbench.cli.aggregate --config {params.config} --summaries {input.summaries} "
-        "--significance {input.significance} --out-dir {params.out} > {log} 2>&1 && cat {log}"
+        "python -m gemsbench.cli.aggregate --config {params.config:q} --summaries {input.summaries:q} "
+        "--significance {input.significance:q} --out-dir {params.out:q} > {log:q} 2>&1 && cat {log:q}"

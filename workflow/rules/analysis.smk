@@ -53,8 +53,8 @@ rule significance:
     log:
         f"{RESULTS}/logs/analysis/significance.log",
     shell:
-        "python -m gemsbench.cli.significance --config {params.config} --rows {input.rows} --out {output.csv} "
-        "> {log} 2>&1"
+        "python -m gemsbench.cli.significance --config {params.config:q} --rows {input.rows:q} --out {output.csv:q} "
+        "> {log:q} 2>&1"
 
 
 rule efficiency_table:
@@ -77,8 +77,8 @@ rule efficiency_table:
     log:
         f"{RESULTS}/logs/analysis/efficiency_table.log",
     shell:
-        "python -m gemsbench.cli.aggregate --config {params.config} --table efficiency --summaries {input} "
-        "--out-dir {params.out} > {log} 2>&1"
+        "python -m gemsbench.cli.aggregate --config {params.config:q} --table efficiency --summaries {input:q} "
+        "--out-dir {params.out:q} > {log:q} 2>&1"
 
 
 rule conflict_csv:
@@ -102,8 +102,8 @@ rule conflict_csv:
     log:
         f"{RESULTS}/logs/analysis/conflict_csv.log",
     shell:
-        "python -m gemsbench.cli.aggregate --config {params.config} --table conflict --summaries {input} "
-        "--out-dir {params.out} > {log} 2>&1"
+        "python -m gemsbench.cli.aggregate --config {params.config:q} --table conflict --summaries {input:q} "
+        "--out-dir {params.out:q} > {log:q} 2>&1"
 
 
 rule convergence_table:
@@ -166,8 +166,8 @@ rule ablation_table:
     log:
         f"{RESULTS}/logs/analysis/ablation_table.log",
     shell:
-        "python -m gemsbench.cli.aggregate --config {params.config} --table ablation --main {input.main} "
-        "--out-dir {params.out} > {log} 2>&1"
+        "python -m gemsbench.cli.aggregate --config {params.config:q} --table ablation --main {input.main:q} "
+        "--out-dir {params.out:q} > {log:q} 2>&1"
 
 
 rule analysis_figures:
@@ -209,6 +209,6 @@ rule analysis_figures:
     log:
         f"{RESULTS}/logs/analysis/analysis_figures.log",
     shell:
-        "python -m gemsbench.cli.figures --out-dir {params.out} --main {input.main} "
-        "--efficiency {input.efficiency} --conflict {input.conflict} "
-        "--conflict-summary {input.conflict_summary} --conflict-layers {input.conflict_layers} > {log} 2>&1"
+        "python -m gemsbench.cli.figures --out-dir {params.out:q} --main {input.main:q} "
+        "--efficiency {input.efficiency:q} --conflict {input.conflict:q} "
+        "--conflict-summary {input.conflict_summary:q} --conflict-layers {input.conflict_layers:q} > {log:q} 2>&1"

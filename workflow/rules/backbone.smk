@@ -9,5 +9,5 @@ rule backbone_cache:
     log:
         os.path.join(RESULTS, "logs/backbone/{backbone}.log"),
     shell:
-        "python -m gemsbench.cli.backbone --config {params.config} --backbone {wildcards.backbone} "
-        "--out {output.manifest} > {log} 2>&1"
+        "python -m gemsbench.cli.backbone --config {params.config:q} --backbone {wildcards.backbone:q} "
+        "--out {output.manifest:q} > {log:q} 2>&1"

@@ -4,9 +4,13 @@ import sys
 
 from snakemake.utils import validate as snakemake_validate
 
+from gemsbench.atomic import atomic_write_text
+from gemsbench.data.format import PREPARED_FILES
 from gemsbench.knowledge import run_knowledge_space
 from gemsbench.config import (
     ConfigError,
+    NAME_PATTERN,
+    RUN_NAME_PATTERN,
     SCHEMA_PATH,
     Run,
     digest,
@@ -30,6 +34,12 @@ RUNS = runs(config)  # the main grid: the main, significance, efficiency and con
 SWEEP_RUNS = sweep_runs(config)
 SENSITIVITY_RUNS = sensitivity_runs(config)
 RUN_DIR = os.path.join(RESULTS, "runs/{dataset}/{backbone}/{run}/seed{seed}")
+# the files of a prepared dataset (rule prepare_data writes them; every rule reading the dataset takes them all)
+DATA_DIR = os.path.join(RESULTS, "data/{dataset}")
+DATA_FILES = [os.path.join(DATA_DIR, name) for name in PREPARED_FILES]
+# every prepared dataset's files, targets of `all`: Snakemake re-makes a file only when a job needs it, so without
+# them a deleted data file would go unnoticed by the default target until some job reads it and fails
+ALL_DATA_FILES = [path.format(dataset=ds) for ds in config["datasets"] for path in DATA_FILES]
 SPLIT = config["evaluate"]["split"]
 
 
@@ -41,11 +51,7 @@ def resolved_config_path():
     path = os.path.join(RESULTS, "config.yaml")
     text = yaml.safe_dump(config, sort_keys=True)
     if not os.path.exists(path) or open(path).read() != text:
-        os.makedirs(RESULTS, exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        atomic_write_text(text, path)
     return path
 
 
@@ -56,11 +62,12 @@ def run_digest(wildcards):
     return digest(run_spec(config, Run(wildcards.dataset, wildcards.backbone, wildcards.run, int(wildcards.seed))))
 
 
+# names as the schema allows them (RUN_NAME_PATTERN); a run may be a sensitivity sweep run, {base}~{param}-{value}
 wildcard_constraints:
     seed=r"\d+",
-    dataset=r"[^/]+",
-    backbone=r"[^/]+",
-    run=r"[^/]+",
+    dataset=NAME_PATTERN,
+    backbone=NAME_PATTERN,
+    run=RUN_NAME_PATTERN,
 
 
 def knowledge_report(wildcards):

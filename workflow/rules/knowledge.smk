@@ -24,6 +24,7 @@ rule knowledge_space:
     log:
         os.path.join(RESULTS, "logs/knowledge/{backbone}/{corpus}_{articles}_{max_tokens}.log"),
     shell:
-        "OMP_NUM_THREADS={threads} python -m gemsbench.cli.knowledge --config {params.config} --backbone {wildcards.backbone} "
-        "--corpus {wildcards.corpus} --articles {wildcards.articles} --max-tokens {wildcards.max_tokens} "
-        "--out-dir {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m gemsbench.cli.knowledge --config {params.config:q} "
+        "--backbone {wildcards.backbone:q} --corpus {wildcards.corpus:q} --articles {wildcards.articles:q} "
+        "--max-tokens {wildcards.max_tokens:q} "
+        "--out-dir {params.out:q} > {log:q} 2>&1"

@@ -29,13 +29,13 @@ rule retention_base:
     conda:
         "../envs/gemsbench.yaml"
     input:
-        data=os.path.join(RESULTS, "data/{dataset}/stats.json"),
+        data=DATA_FILES,
         backbone=os.path.join(RESULTS, "backbones/{backbone}.json"),
     output:
         RETENTION_BASE,
     params:
         config=CONFIG,
-        data=lambda w, input: os.path.dirname(input.data),
+        data=lambda w, input: os.path.dirname(input.data[0]),
         # what the base's scores depend on: the settings, the backbone, and how (and in what precision) item
         # tokens are added
         spec=lambda w: digest([RETENTION_SPEC, config["backbones"][w.backbone], config["train"]["item_init"],
@@ -46,22 +46,22 @@ rule retention_base:
     benchmark:
         os.path.join(RESULTS, "benchmarks/retention/{dataset}/{backbone}/base.tsv")
     shell:
-        "OMP_NUM_THREADS={threads} python -m gemsbench.cli.retention --config {params.config} --base "
-        "--dataset {wildcards.dataset} --backbone {wildcards.backbone} --data {params.data} --out {output} "
-        "> {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m gemsbench.cli.retention --config {params.config:q} --base "
+        "--dataset {wildcards.dataset:q} --backbone {wildcards.backbone:q} --data {params.data:q} --out {output:q} "
+        "> {log:q} 2>&1"
 
 
 rule retention:
     conda:
         "../envs/gemsbench.yaml"
     input:
-        data=os.path.join(RESULTS, "data/{dataset}/stats.json"),
+        data=DATA_FILES,
         trained=os.path.join(RUN_DIR, "summary.json"),
     output:
         os.path.join(RUN_DIR, "retention.json"),
     params:
         config=CONFIG,
-        data=lambda w, input: os.path.dirname(input.data),
+        data=lambda w, input: os.path.dirname(input.data[0]),
         run_dir=lambda w, input: os.path.dirname(input.trained),
         spec=lambda w: digest(RETENTION_SPEC),
     threads: 2  # lowered to --cores when fewer; profiles may raise it
@@ -70,9 +70,9 @@ rule retention:
     benchmark:
         os.path.join(RESULTS, "benchmarks/retention/{dataset}/{backbone}/{run}/seed{seed}.tsv")
     shell:
-        "OMP_NUM_THREADS={threads} python -m gemsbench.cli.retention --config {params.config} "
-        "--dataset {wildcards.dataset} --backbone {wildcards.backbone} --run {wildcards.run} "
-        "--seed {wildcards.seed} --data {params.data} --run-dir {params.run_dir} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m gemsbench.cli.retention --config {params.config:q} "
+        "--dataset {wildcards.dataset:q} --backbone {wildcards.backbone:q} --run {wildcards.run:q} "
+        "--seed {wildcards.seed:q} --data {params.data:q} --run-dir {params.run_dir:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule knowledge_table:
@@ -92,8 +92,8 @@ rule knowledge_table:
     log:
         f"{RESULTS}/logs/analysis/knowledge_table.log",
     shell:
-        "python -m gemsbench.cli.aggregate --config {params.config} --table knowledge "
-        "--summaries {input.runs} {input.bases} --out-dir {params.out} > {log} 2>&1"
+        "python -m gemsbench.cli.aggregate --config {params.config:q} --table knowledge "
+        "--summaries {input.runs:q} {input.bases:q} --out-dir {params.out:q} > {log:q} 2>&1"
 
 
 rule knowledge_figures:
@@ -113,7 +113,7 @@ rule knowledge_figures:
     log:
         f"{RESULTS}/logs/analysis/knowledge_figures.log",
     shell:
-        "python -m gemsbench.cli.figures --out-dir {params.out} --knowledge {input} > {log} 2>&1"
+        "python -m gemsbench.cli.figures --out-dir {params.out:q} --knowledge {input:q} > {log:q} 2>&1"
 
 
 # every table and figure this stage makes (none when the config has no LLM run)

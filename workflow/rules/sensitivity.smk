@@ -47,8 +47,8 @@ if SENSITIVITY_RUNS:
         log:
             os.path.join(RESULTS, "logs/analysis/sensitivity_table.log"),
         shell:
-            "python -m gemsbench.cli.aggregate --config {params.config} --table sensitivity --summaries {input} "
-            "--out-dir {params.out} > {log} 2>&1"
+            "python -m gemsbench.cli.aggregate --config {params.config:q} --table sensitivity --summaries {input:q} "
+            "--out-dir {params.out:q} > {log:q} 2>&1"
 
     rule sensitivity_figures:
         conda:
@@ -67,7 +67,7 @@ if SENSITIVITY_RUNS:
         log:
             os.path.join(RESULTS, "logs/analysis/sensitivity_figures.log"),
         shell:
-            "python -m gemsbench.cli.figures --out-dir {params.out} --sensitivity {input.csv} > {log} 2>&1"
+            "python -m gemsbench.cli.figures --out-dir {params.out:q} --sensitivity {input.csv:q} > {log:q} 2>&1"
 
 
 SENSITIVITY_OUTPUTS = (

@@ -40,7 +40,7 @@ rule publish_figure:
     log:
         os.path.join(RESULTS, "logs/analysis/publish_{name}.log"),
     shell:
-        "cp -v {input} {output} > {log} 2>&1"
+        "cp -v {input:q} {output:q} > {log:q} 2>&1"
 
 
 rule ablation:
@@ -108,5 +108,5 @@ rule report:
         os.path.join(RESULTS, "logs/analysis/report.log"),
     shell:
         # the report of this very workflow and config: every table and figure marked report() in the rules
-        "{params.python} -m snakemake -s {params.snakefile} --report {output} --configfile {params.config} "
-        "--nolock > {log} 2>&1"
+        "{params.python:q} -m snakemake -s {params.snakefile:q} --report {output:q} --configfile {params.config:q} "
+        "--nolock > {log:q} 2>&1"

@@ -2,7 +2,7 @@ rule train:
     conda:
         "../envs/gemsbench.yaml"
     input:
-        data=os.path.join(RESULTS, "data/{dataset}/stats.json"),
+        data=DATA_FILES,
         backbone=os.path.join(RESULTS, "backbones/{backbone}.json"),
         knowledge=knowledge_report,
     output:
@@ -10,7 +10,7 @@ rule train:
     params:
         config=CONFIG,
         spec=run_digest,
-        data=lambda w, input: os.path.dirname(input.data),
+        data=lambda w, input: os.path.dirname(input.data[0]),
         run_dir=lambda w, output: os.path.dirname(output.summary),
     threads: 2  # lowered to --cores when fewer; profiles may raise it
     log:
@@ -20,6 +20,6 @@ rule train:
     resources:
         gpu=0,
     shell:
-        "OMP_NUM_THREADS={threads} python -m gemsbench.cli.train --config {params.config} --dataset {wildcards.dataset} "
-        "--backbone {wildcards.backbone} --run {wildcards.run} --seed {wildcards.seed} "
-        "--data {params.data} --run-dir {params.run_dir} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m gemsbench.cli.train --config {params.config:q} "
+        "--dataset {wildcards.dataset:q} --backbone {wildcards.backbone:q} --run {wildcards.run:q} "
+        "--seed {wildcards.seed:q} --data {params.data:q} --run-dir {params.run_dir:q} > {log:q} 2>&1"
