@@ -1,5 +1,5 @@
 # The two commands of the README. Both create .venv with the pinned dependencies first.
-.PHONY: setup run test dry-run lint bench report report-check reference
+.PHONY: setup run test dry-run lint bench bench-throughput report report-check reference
 
 setup:
 	bash scripts/setup.sh
@@ -18,6 +18,9 @@ lint: setup
 
 bench: setup  ## GEMS vs full fine-tuning vs LoRA seconds per step and memory (ratios from one run)
 	. .venv/bin/activate && python benchmarks/bench_gems.py
+
+bench-throughput: setup  ## tokens/s, targets/s, model FLOP/s and MFU of full FT, LoRA and GEMS (both formats, one run)
+	. .venv/bin/activate && python benchmarks/bench_throughput.py
 
 report: setup  ## the HTML report of the default run (tables and figures with captions)
 	. .venv/bin/activate && snakemake --cores all report

@@ -119,9 +119,8 @@ TARGETS = ["main_table", "ablation", "sensitivity", "conflict", "convergence", "
 
 def test_all_makes_every_named_target(dag_run):
     work, _ = dag_run
-    for target in TARGETS:
-        r = snakemake(work, "-n", target)
-        assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, (target, r.stdout[-2000:])
+    r = snakemake(work, "-n", *TARGETS)  # one dry run of every named target: each one is already complete
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-2000:]
     res = work / "results" / "test"
     for name in ("main", "ablation", "efficiency", "knowledge", "sensitivity"):
         for ext in ("csv", "md", "tex"):
