@@ -91,7 +91,7 @@ def run_worker(variant: str, fmt: str, args) -> dict:
 def markdown(report: dict) -> str:
     gemm = report["gemm"]
     lines = [f"# Training throughput ({report['device']}, {report['threads']} threads, {report['steps']} steps of "
-             f"which {report['warmup']} warm-up; config/default.yaml's train settings)", "",
+             f"which {report['warmup']} warm-up; config/default.yaml's train settings; commit {report['commit']})", "",
              f"2048³ matrix products in the worker processes: fp32 {gemm['fp32'] / 1e9:.0f} GFLOP/s, bf16 "
              f"{gemm['bf16'] / 1e9:.0f} GFLOP/s; runs trained in {report['precision']} (precision: auto). "
              "MFU = model FLOP/s ÷ the rate in the run's dtype.", "",
@@ -112,6 +112,15 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def measured_commit() -> str:
+    """The commit measured, with ``+dirty`` when tracked files differ from it (such a reading is not committed)."""
+    from gemsbench.cli.train import git_commit
+
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True, cwd=ROOT).stdout.strip()
+    return git_commit() + ("+dirty" if dirty else "")
+
+
 def main(args) -> None:
     import torch
 
@@ -121,7 +130,7 @@ def main(args) -> None:
     knowledge = bench_gems.knowledge_space(args) if "gems" in args.variants else None
     results = {fmt: {v: run_worker(v, fmt, args) for v in args.variants} for fmt in args.formats}
     first = next(iter(next(iter(results.values())).values()))
-    report = {"steps": args.steps, "warmup": args.warmup, "threads": first["threads"], "device": first["device"],
+    report = {"commit": measured_commit(), "steps": args.steps, "warmup": args.warmup, "threads": first["threads"], "device": first["device"],
               "precision": first["precision"], "body_parameters": first["body_parameters"],
               "gemm": {k: first["gemm"][k] for k in ("fp32", "bf16")}, "knowledge_space": knowledge,
               "torch": torch.__version__, "results": results, "total_seconds": round(time.perf_counter() - start, 1)}
