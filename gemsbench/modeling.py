@@ -123,14 +123,18 @@ def head_map(model: nn.Module, hidden: torch.Tensor, fn, *per_row: torch.Tensor)
     first dimension N, are sliced alongside). ``fn`` reduces a slice's float32 logits [n, V] to what the
     caller needs (a loss per position, item scores, a log-probability).
 
-    With gradients on and more than one slice, each slice runs under activation checkpointing: its logits are
-    freed once ``fn`` has reduced them and computed again in the backward pass, so the memory of a
-    full-vocabulary loss stays one slice's however many positions are labelled (a 262k vocabulary would
-    otherwise hold 1 MiB of logits, and as much again of their gradient, per labelled position). One slice is
-    computed as a plain call."""
+    With gradients on, each slice runs under activation checkpointing: its logits are freed once ``fn`` has
+    reduced them and computed again in the backward pass, so the memory of a full-vocabulary loss stays one
+    slice's however many positions are labelled (a 262k vocabulary would otherwise hold 1 MiB of logits, and as
+    much again of their gradient, per labelled position). When the head's weight is trained, autograd holds the
+    slices' weight gradients side by side before adding them up, one weight-sized tensor more than a single
+    call needs; slicing pays only beyond that, so a head with ``d`` inputs is called once for up to
+    ``rows + d`` positions (measured: benchmarks/bench_head_memory.py). Positions that fit are one plain call."""
     rows = head_slice_rows(model)
     n = hidden.shape[0]
-    if n <= rows:
+    weight = model.get_output_embeddings().weight
+    trained = torch.is_grad_enabled() and weight.requires_grad
+    if n <= rows + (weight.shape[1] if trained else 0):
         return fn(vocab_logits(model, hidden), *per_row)
 
     def piece(h: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:

@@ -99,17 +99,18 @@ def test_the_head_in_slices_gives_the_losses_and_gradients_of_the_whole_head(syn
                                                                               monkeypatch):
     """With the head's logit budget cut to 3 positions a slice, a timeline batch's task losses and gradients equal
     those of one call over all positions, no call sees more than 3 positions, and no logits of the vocabulary are
-    kept for the backward pass (each slice is checkpointed: only its inputs are saved)."""
+    kept for the backward pass (each slice is checkpointed: only its inputs are saved). The batch holds more
+    positions than 3 + the hidden size, beyond which slicing a trained head pays (modeling.head_map)."""
     from gemsbench import modeling
 
     bb = load_backbone({"source": "tiny_llama"})
     add_item_tokens(bb, synthetic_dataset.items["title"].tolist())
     enc = Encoder(bb.tokenizer, bb.item_token_ids, False, FormatConfig(name="timeline"))
     units = enc.training_units(synthetic_dataset.splits["train"], synthetic_dataset.events)
-    batch = enc.collate_train(units[:4])
+    batch = enc.collate_train(units[:8])
     ids = torch.tensor(bb.item_token_ids)
-    vocab = bb.model.get_output_embeddings().weight.shape[0]
-    assert len(batch["label_item"]) > 6
+    vocab, hidden = bb.model.get_output_embeddings().weight.shape
+    assert len(batch["label_item"]) > 3 + hidden
 
     def losses_and_grads():
         bb.model.zero_grad()
