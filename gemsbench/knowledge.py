@@ -36,6 +36,8 @@ from .atomic import DamagedFile, atomic_write
 from .backbone import Backbone, load_backbone
 from .config import digest
 from .corpus import CORPORA, batch_chunks, corpus_articles, tokenize_chunks
+from .modeling import sequence_hidden
+from .specials import SpecialTokens
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +88,16 @@ def knowledge_space_path(cache_root: str | Path, backbone_spec: Mapping, space: 
 
 def knowledge_batches(tokenizer, space: KnowledgeSpace, batch_size: int = DEFAULT_BATCH_SIZE,
                       is_encoder_decoder: bool = False) -> list[dict]:
-    """Padded batches of the lead ``max_tokens`` tokens of each of the first ``articles`` null-space articles.
+    """Padded batches of the lead ``max_tokens`` tokens of each of the first ``articles`` null-space articles,
+    each framed as the backbone's tokenizer frames a text (:meth:`gemsbench.specials.SpecialTokens.text`: a
+    Gemma or Llama-3 model reads its beginning-of-text token first, a T5 encoder its EOS last), so K holds the
+    features of inputs as the model meets them.
 
     An encoder-decoder gets the same text as decoder input (shifted by the model from ``labels``), so its
     decoder layers see general text too. Decoder-only batches ask for no KV cache (it is never reused)."""
     texts = [a.text for a in corpus_articles(space.corpus, "nullspace", space.articles)]
-    chunks = tokenize_chunks(tokenizer, texts, space.max_tokens)
+    specials = SpecialTokens.of(tokenizer)
+    chunks = [specials.text(chunk) for chunk in tokenize_chunks(tokenizer, texts, space.max_tokens)]
     batches = []
     for batch in batch_chunks(chunks, batch_size, tokenizer.pad_token_id):
         if is_encoder_decoder:
@@ -103,16 +109,33 @@ def knowledge_batches(tokenizer, space: KnowledgeSpace, batch_size: int = DEFAUL
     return batches
 
 
+class EncoderDecoderStacks(nn.Module):
+    """An encoder-decoder's encoder and decoder stacks, called with a knowledge batch (``labels`` shifted right
+    into decoder inputs as the model itself shifts them), without the vocabulary head."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor,
+                decoder_attention_mask: Tensor) -> Tensor:
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+                 "decoder_input_ids": self.model.prepare_decoder_input_ids_from_labels(labels=labels),
+                 "decoder_attention_mask": decoder_attention_mask}
+        return sequence_hidden(self.model, batch, is_encoder_decoder=True)
+
+
 def collect_knowledge_space(model: nn.Module, tokenizer, space: KnowledgeSpace, is_encoder_decoder: bool,
                             batch_size: int = DEFAULT_BATCH_SIZE,
                             progress: bool = False) -> tuple[dict[str, dict[str, Tensor]], int]:
     """(side -> layer name -> float32 K, number of tokens), layers named as :func:`gems.find_target_modules`
     names them on ``model``.
 
-    A decoder-only model runs through its decoder body only: the vocabulary head is not a targeted layer and
-    its logits (tokens × 49k for SmolLM2) would cost more than the layers that matter."""
+    The model runs without its vocabulary head (a decoder-only model through its decoder body, an
+    encoder-decoder through :class:`EncoderDecoderStacks`): the head is not a targeted layer and its logits
+    (tokens × 49k for SmolLM2, × 250k for mT5) would cost more than the layers that matter."""
     modules = find_target_modules(model)
-    body = model if is_encoder_decoder else model.get_decoder()
+    body = EncoderDecoderStacks(model) if is_encoder_decoder else model.get_decoder()
     batches = knowledge_batches(tokenizer, space, batch_size, is_encoder_decoder)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     return collect_feature_moments(body, modules, batches, FEATURE_SIDES, progress=progress), tokens

@@ -1,7 +1,9 @@
 """Forward passes over format batches: hidden states at labelled positions -> item logits and losses.
 
 Only the labelled positions go through the output head, so a timeline batch with hundreds of tokens pays
-the vocabulary projection for its ~20 targets per row, not for every token.
+the vocabulary projection for its ~20 targets per row, not for every token; and they go through it in slices
+of bounded size (:func:`head_map`), so a large vocabulary never holds the logits of every labelled position at
+once.
 
 Ranking by item-token logits at the first generated position is what a constrained beam search over the
 candidate items returns when each item is one atomic token: the first decoding step scores every allowed
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -59,40 +62,96 @@ def autocast(device: str, precision: str):
     return contextlib.nullcontext()
 
 
-def _decoder_body(model: nn.Module) -> nn.Module:
+def decoder_body(model: nn.Module) -> nn.Module:
     body = model.get_decoder() if hasattr(model, "get_decoder") else None
     if body is None:
         raise TypeError(f"{type(model).__name__} exposes no decoder body (get_decoder)")
     return body
 
 
-def labelled_hidden(model: nn.Module, batch: dict, is_encoder_decoder: bool) -> torch.Tensor:
-    """Hidden states [N, d] at the labelled positions, scaled as the model's head expects."""
+def sequence_hidden(model: nn.Module, batch: dict, is_encoder_decoder: bool) -> torch.Tensor:
+    """Last hidden states [B, T, d] of the (decoder) sequence, scaled as the model's head expects, without the
+    head itself: callers put only the positions they need through it (:func:`head_map`).
+
+    Encoder-decoders run their encoder and decoder stacks (the model's own forward would project every decoder
+    position onto the whole vocabulary); ``decoder_attention_mask`` is optional. Decoder-only batches hold either
+    ``position_ids`` (packed rows: restarting positions make attention block-diagonal) or ``attention_mask``."""
     if is_encoder_decoder:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    decoder_input_ids=batch["decoder_input_ids"], output_hidden_states=True, return_dict=True)
-        hidden = out.decoder_hidden_states[-1]
+        encoded = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                      return_dict=True).last_hidden_state
+        hidden = model.get_decoder()(input_ids=batch["decoder_input_ids"],
+                                     attention_mask=batch.get("decoder_attention_mask"),
+                                     encoder_hidden_states=encoded, encoder_attention_mask=batch["attention_mask"],
+                                     use_cache=False, return_dict=True).last_hidden_state
         cfg = model.config
         if getattr(cfg, "model_type", "") == "t5" and getattr(cfg, "scale_decoder_outputs",
                                                                cfg.tie_word_embeddings):
             hidden = hidden * (cfg.d_model ** -0.5)  # T5 scales tied decoder outputs before its head
-    elif "position_ids" in batch:  # packed rows: restarting positions make attention block-diagonal
-        hidden = _decoder_body(model)(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                                      use_cache=False).last_hidden_state
-    else:
-        hidden = _decoder_body(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                      use_cache=False).last_hidden_state
+        return hidden
+    if "position_ids" in batch:
+        return decoder_body(model)(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                    use_cache=False).last_hidden_state
+    return decoder_body(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                use_cache=False).last_hidden_state
+
+
+def labelled_hidden(model: nn.Module, batch: dict, is_encoder_decoder: bool) -> torch.Tensor:
+    """Hidden states [N, d] at the labelled positions, scaled as the model's head expects."""
     pos = batch["label_pos"]
-    return hidden[pos[:, 0], pos[:, 1]]
-
-
-def item_logits(model: nn.Module, hidden: torch.Tensor, item_token_ids: torch.Tensor) -> torch.Tensor:
-    # Through the head module (not its .weight): adapters such as peft's trainable tokens live in forward().
-    return vocab_logits(model, hidden)[:, item_token_ids]
+    return sequence_hidden(model, batch, is_encoder_decoder)[pos[:, 0], pos[:, 1]]
 
 
 def vocab_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Float32 logits over the whole vocabulary. Through the head module (not its .weight): adapters such as
+    peft's trainable tokens live in its forward()."""
     return model.get_output_embeddings()(hidden).float()
+
+
+#: most logits one output-head call computes: 2^26 float32 logits are 256 MiB, whatever the vocabulary. SmolLM2's
+#: ~51k rows (with item tokens) fit ~1,300 positions in one call; Gemma-3's 262k rows 256 positions.
+HEAD_LOGITS = 2 ** 26
+
+
+def head_slice_rows(model: nn.Module) -> int:
+    """Positions per output-head call: as many as :data:`HEAD_LOGITS` allows for this vocabulary."""
+    return max(1, HEAD_LOGITS // model.get_output_embeddings().weight.shape[0])
+
+
+def head_map(model: nn.Module, hidden: torch.Tensor, fn, *per_row: torch.Tensor) -> torch.Tensor:
+    """``fn(logits, *rows)`` over slices of ``hidden`` [N, d], concatenated along the first dimension: the
+    whole-vocabulary logits of at most :func:`head_slice_rows` positions exist at once (``per_row`` tensors,
+    first dimension N, are sliced alongside). ``fn`` reduces a slice's float32 logits [n, V] to what the
+    caller needs (a loss per position, item scores, a log-probability).
+
+    With gradients on, each slice runs under activation checkpointing: its logits are freed once ``fn`` has
+    reduced them and computed again in the backward pass, so the memory of a full-vocabulary loss stays one
+    slice's however many positions are labelled (a 262k vocabulary would otherwise hold 1 MiB of logits, and as
+    much again of their gradient, per labelled position). When the head's weight is trained, autograd holds the
+    slices' weight gradients side by side before adding them up, one weight-sized tensor more than a single
+    call needs; slicing pays only beyond that, so a head with ``d`` inputs is called once for up to
+    ``rows + d`` positions (measured: benchmarks/bench_head_memory.py). Positions that fit are one plain call."""
+    rows = head_slice_rows(model)
+    n = hidden.shape[0]
+    weight = model.get_output_embeddings().weight
+    trained = torch.is_grad_enabled() and weight.requires_grad
+    if n <= rows + (weight.shape[1] if trained else 0):
+        return fn(vocab_logits(model, hidden), *per_row)
+
+    def piece(h: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        return fn(vocab_logits(model, h), *args)
+
+    checkpointed = torch.is_grad_enabled()
+    outs = []
+    for start in range(0, n, rows):
+        args = [hidden[start:start + rows], *(t[start:start + rows] for t in per_row)]
+        outs.append(torch.utils.checkpoint.checkpoint(piece, *args, use_reentrant=False) if checkpointed
+                    else piece(*args))
+    return torch.cat(outs)
+
+
+def item_logits(model: nn.Module, hidden: torch.Tensor, item_token_ids: torch.Tensor) -> torch.Tensor:
+    """Item-token logits [N, n_items] of hidden states [N, d]."""
+    return head_map(model, hidden, lambda logits: logits[:, item_token_ids])
 
 
 def task_loss_sums(model: nn.Module, batch: dict, item_token_ids: torch.Tensor, is_encoder_decoder: bool,
@@ -100,7 +159,8 @@ def task_loss_sums(model: nn.Module, batch: dict, item_token_ids: torch.Tensor, 
     """Summed cross-entropy over the labelled positions of each task: (rec_sum, search_sum).
 
     ``loss_vocab`` ``full`` normalises over the whole vocabulary (generation as in the release); ``items``
-    over the item tokens only (cheaper, and what ranking uses).
+    over the item tokens only (cheaper, and what ranking uses). Either way only the labelled positions go
+    through the head, in slices (:func:`head_map`).
     """
     hidden = labelled_hidden(model, batch, is_encoder_decoder)
     return _loss_sums(model, hidden, batch, item_token_ids, loss_vocab)
@@ -109,14 +169,13 @@ def task_loss_sums(model: nn.Module, batch: dict, item_token_ids: torch.Tensor, 
 def _loss_sums(model: nn.Module, hidden: torch.Tensor, batch: dict, item_token_ids: torch.Tensor,
                loss_vocab: str) -> tuple[torch.Tensor, torch.Tensor]:
     if loss_vocab == "full":
-        logits = vocab_logits(model, hidden)
-        target = item_token_ids[batch["label_item"]]
+        ce = head_map(model, hidden, lambda logits, target: F.cross_entropy(logits, target, reduction="none"),
+                      item_token_ids[batch["label_item"]])
     elif loss_vocab == "items":
-        logits = item_logits(model, hidden, item_token_ids)
-        target = batch["label_item"]
+        ce = head_map(model, hidden, lambda logits, target: F.cross_entropy(logits[:, item_token_ids], target,
+                                                                            reduction="none"), batch["label_item"])
     else:
         raise ValueError(f"unknown loss_vocab {loss_vocab!r}; use full or items")
-    ce = F.cross_entropy(logits, target, reduction="none")
     is_search = batch["label_task"] == 1
     return ce[~is_search].sum(), ce[is_search].sum()
 
@@ -145,7 +204,7 @@ def packed_attention_is_exact(model: nn.Module, tol: float = 1e-4) -> bool:
     (positions restarting at the second) must give the hidden states they give alone. Transformers builds the
     block-diagonal causal mask from restarting ``position_ids``; a model whose attention ignores them would
     let packed sequences see each other, so the harness checks once per backbone (float32, eval mode)."""
-    body = _decoder_body(model)
+    body = decoder_body(model)
     was_training = model.training
     model.eval()
     try:

@@ -4,10 +4,13 @@ Two measurements of one loaded language model, both on the general-domain corpus
 Wikipedia excerpt and analogy questions, :mod:`gemsbench.corpus`), neither of which any run trains on:
 
 Perplexity on held-out articles
-    The lead ``max_tokens`` tokens (no special tokens) of each of the first ``articles`` articles of the ``drift``
-    split — disjoint from the ``nullspace`` articles the knowledge space of the null-space projection is built
-    from — one chunk per article (:func:`gemsbench.corpus.tokenize_chunks`). A decoder-only model reads each chunk
-    as one sequence and predicts every token from the tokens before it (a chunk's first token is context only).
+    The lead ``max_tokens`` text tokens of each of the first ``articles`` articles of the ``drift`` split —
+    disjoint from the ``nullspace`` articles the knowledge space of the null-space projection is built from — one
+    chunk per article (:func:`gemsbench.corpus.tokenize_chunks`), framed as the backbone's tokenizer frames a text
+    (:meth:`gemsbench.specials.SpecialTokens.text`: Gemma and Llama-3 put their beginning-of-text token in front,
+    T5 closes it with EOS, SmolLM2 and Qwen2.5 add nothing). A decoder-only model reads each chunk as one sequence
+    and predicts every token from the tokens before it (the chunk's first token is context only: its BOS where the
+    family has one), exactly as ``model(**tokenizer(text))`` scores a text that fits in ``max_tokens``.
     ``ppl = exp(Σ NLL / N)`` over all N predicted tokens of all chunks: a token-weighted mean, not a mean of
     per-article perplexities.
 
@@ -17,8 +20,9 @@ Factual cloze accuracy
     candidate answers of its section: every distinct ``d`` of that section in the file (23 countries for
     capital-common-countries, 116 for capital-world, 28 currencies, 27 states), whatever probes are evaluated;
     the probe's own words are not removed from the choices. A candidate's score is the summed log-probability of
-    the tokens of ``" " + candidate`` (tokenised on its own) following the prompt. A probe counts as correct when
-    its true answer scores strictly higher than every other candidate; a tie counts as wrong. At most
+    the tokens of ``" " + candidate`` (tokenised on its own, without special tokens) following the prompt (with
+    the backbone's prefix tokens in front of it, :meth:`gemsbench.specials.SpecialTokens.prompt`). A probe counts
+    as correct when its true answer scores strictly higher than every other candidate; a tie counts as wrong. At most
     ``probes_per_section`` probes are evaluated per section, a subset drawn once with a fixed seed (0, not the
     run's), identical for every run and for the base model. The overall accuracy is the share of all evaluated
     probes answered correctly (micro average; the sections hold equally many probes when each has enough).
@@ -32,11 +36,12 @@ Vocabulary
     probability of the item tokens at the predicted positions).
 
 Encoder-decoder (T5) backbones
-    Perplexity is the decoder NLL of each chunk given a one-token encoder input (the EOS token, the pad token
-    when there is none): the decoder predicts every token of the chunk, the first from the decoder start token.
+    Perplexity is the decoder NLL of each framed chunk (T5: closed by EOS, as its tokenizer makes labels) given
+    the empty text as encoder input (what the tokenizer makes of ``""``: T5's EOS; the EOS or pad token when it
+    makes nothing): the decoder predicts every token of the chunk, the first from the decoder start token.
     A T5 pre-trained on span corruption is no language model of plain text, so its absolute perplexity means
-    little; its change under fine-tuning is still a drift measure. Cloze: the prompt is the encoder input and
-    the decoder scores each candidate from the start token.
+    little; its change under fine-tuning is still a drift measure. Cloze: the prompt, closed as the tokenizer
+    closes a text, is the encoder input and the decoder scores each candidate from the start token.
 
 Adapters and routing
     The model is evaluated as evaluation uses it, adapters active. Before every forward pass the method's
@@ -45,7 +50,8 @@ Adapters and routing
     task id); HydraLoRA's router reads the tokens themselves, and the other methods ignore the hook.
 
 Precision: the forward passes run under the run's training precision (bf16 autocast when it trained in bf16,
-via :func:`gemsbench.modeling.autocast`); log-probabilities are taken in float32 and summed in float64.
+via :func:`gemsbench.modeling.autocast`); log-probabilities are taken in float32 and summed in float64. The output
+head runs on the predicted positions only, in slices of bounded size (:func:`gemsbench.modeling.head_map`).
 """
 from __future__ import annotations
 
@@ -61,7 +67,8 @@ from torch import nn
 
 from .corpus import DRIFT_ARTICLES, Probe, batch_chunks, corpus_articles, load_probes, tokenize_chunks
 from .formats import TASK_ID
-from .modeling import autocast, vocab_logits
+from .modeling import autocast, decoder_body, head_map, sequence_hidden
+from .specials import SpecialTokens
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +78,6 @@ CORPUS = "enwiki_gensim"
 GENERAL_TEXT_TASK = TASK_ID["rec"]
 #: seed of the per-section probe subset (fixed: every run and the base see the same probes)
 PROBE_SEED = 0
-#: predicted positions per output-head call (bounds the float32 logits held at once: 512 × 51k ≈ 100 MB)
-HEAD_ROWS = 512
 
 
 @dataclass(frozen=True)
@@ -121,13 +126,6 @@ def _route(method, model: nn.Module, input_ids: torch.Tensor) -> None:
         "example_task": torch.full((B,), GENERAL_TEXT_TASK, dtype=torch.long, device=input_ids.device)})
 
 
-def _decoder_body(model: nn.Module) -> nn.Module:
-    body = model.get_decoder() if hasattr(model, "get_decoder") else None
-    if body is None:
-        raise TypeError(f"{type(model).__name__} exposes no decoder body (get_decoder)")
-    return body
-
-
 def _token_terms(logits: torch.Tensor, targets: torch.Tensor, text_vocab: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per position: (NLL over the text vocabulary, NLL over the whole vocabulary, item-token probability)."""
@@ -145,14 +143,14 @@ def _token_terms(logits: torch.Tensor, targets: torch.Tensor, text_vocab: int
     return nll_text, lse_full - target_logit, torch.exp(lse_items - lse_full)
 
 
-def _summed_terms(logits: torch.Tensor, targets: torch.Tensor, text_vocab: int) -> np.ndarray:
-    if len(targets) == 0:
-        return np.zeros(3)
-    return np.array([float(t.double().sum()) for t in _token_terms(logits, targets, text_vocab)])
-
-
 def _text_log_probs(logits: torch.Tensor, text_vocab: int) -> torch.Tensor:
     return torch.log_softmax(logits[..., :text_vocab].float(), dim=-1)
+
+
+def _picked_log_probs(text_vocab: int):
+    """``fn(logits, targets)`` for :func:`~gemsbench.modeling.head_map`: each position's log-probability (text
+    vocabulary) of its target token."""
+    return lambda logits, targets: _text_log_probs(logits, text_vocab).gather(1, targets[:, None])[:, 0]
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -175,38 +173,38 @@ def perplexity(model: nn.Module, tokenizer, texts: Sequence[str], max_tokens: in
                is_encoder_decoder: bool = False, batch_size: int = 8, precision: str = "fp32",
                method=None) -> Perplexity:
     """Token-weighted perplexity of ``model`` on the lead ``max_tokens`` tokens of each text (module docstring)."""
-    chunks = tokenize_chunks(tokenizer, texts, max_tokens)
+    specials = SpecialTokens.of(tokenizer)
+    chunks = [specials.text(chunk) for chunk in tokenize_chunks(tokenizer, texts, max_tokens)]
     if not chunks:
         raise ValueError("no text to measure perplexity on")
     device = _model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # an encoder-decoder reads the empty text as its encoder input: what its tokenizer makes of "" (T5: EOS)
+    empty = specials.text([]) or [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad]
     sums = np.zeros(3)  # NLL text, NLL full, item mass
     tokens = 0
     for batch in batch_chunks(chunks, batch_size, pad):
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         if is_encoder_decoder:
-            eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad
-            enc = torch.full((ids.shape[0], 1), eos, dtype=torch.long, device=device)
+            enc = torch.tensor([empty] * ids.shape[0], dtype=torch.long, device=device)
             start = model.config.decoder_start_token_id
             dec = torch.cat([torch.full_like(ids[:, :1], start), ids[:, :-1]], dim=1)
-            _route(method, model, enc)
-            with autocast(str(device), precision):
-                logits = model(input_ids=enc, attention_mask=torch.ones_like(enc), decoder_input_ids=dec,
-                               decoder_attention_mask=mask, use_cache=False).logits
+            inputs = {"input_ids": enc, "attention_mask": torch.ones_like(enc), "decoder_input_ids": dec,
+                      "decoder_attention_mask": mask}
             keep = mask.bool()
-            sums += _summed_terms(logits[keep], ids[keep], text_vocab)
-            tokens += int(keep.sum())
+            targets = ids[keep]
         else:
-            _route(method, model, ids)
-            with autocast(str(device), precision):
-                hidden = _decoder_body(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-            keep = mask[:, 1:].bool()  # position t predicts token t+1 when t+1 is a real token
-            h, targets = hidden[:, :-1][keep], ids[:, 1:][keep]
-            for row in range(0, len(h), HEAD_ROWS):  # the head in slices: float32 logits of HEAD_ROWS at once
-                with autocast(str(device), precision):
-                    logits = vocab_logits(model, h[row:row + HEAD_ROWS])
-                sums += _summed_terms(logits, targets[row:row + HEAD_ROWS], text_vocab)
-            tokens += len(targets)
+            enc, inputs = ids, {"input_ids": ids, "attention_mask": mask}
+            keep = torch.nn.functional.pad(mask[:, 1:], (0, 1)).bool()  # t predicts t+1 when t+1 is a real token
+            targets = ids[:, 1:][keep[:, :-1]]
+        _route(method, model, enc)
+        with autocast(str(device), precision):
+            h = sequence_hidden(model, inputs, is_encoder_decoder)[keep]
+            if len(targets):
+                terms = head_map(model, h, lambda logits, t: torch.stack(_token_terms(logits, t, text_vocab), 1),
+                                 targets)
+                sums += terms.double().sum(0).cpu().numpy()
+        tokens += len(targets)
     if tokens == 0:
         raise ValueError(f"the texts give no token to predict with max_tokens={max_tokens}")
     nll, nll_full, mass = sums / tokens
@@ -246,12 +244,12 @@ def cloze_correct(scores: Sequence[float], answer: int) -> bool:
 
 def _candidate_scores_decoder(model, prompt: list[int], cands: list[list[int]], text_vocab: int, pad: int,
                               device, precision: str, method) -> list[float]:
-    body = _decoder_body(model)
+    body = decoder_body(model)
     ids = torch.tensor([prompt], dtype=torch.long, device=device)
     _route(method, model, ids)
     with autocast(str(device), precision):
         out = body(input_ids=ids, use_cache=True)
-        first = _text_log_probs(vocab_logits(model, out.last_hidden_state[0, -1:]), text_vocab)[0]
+        first = head_map(model, out.last_hidden_state[0, -1:], lambda logits: _text_log_probs(logits, text_vocab))[0]
     scores = [float(first[c[0]]) for c in cands]
     multi = [j for j, c in enumerate(cands) if len(c) > 1]
     if not multi:
@@ -270,8 +268,8 @@ def _candidate_scores_decoder(model, prompt: list[int], cands: list[list[int]], 
     targets = torch.tensor([tok for j in multi for tok in cands[j][1:]], device=device)
     with autocast(str(device), precision):
         hidden = body(input_ids=tails, past_key_values=cache, use_cache=True).last_hidden_state
-        logp = _text_log_probs(vocab_logits(model, hidden[rows, cols]), text_vocab)
-    picked = logp.gather(1, targets[:, None])[:, 0].double().cpu().tolist()
+        picked = head_map(model, hidden[rows, cols], _picked_log_probs(text_vocab), targets)
+    picked = picked.double().cpu().tolist()
     for r, value in zip(rows.tolist(), picked):
         scores[multi[r]] += value
     return scores
@@ -285,12 +283,18 @@ def _candidate_scores_t5(model, prompt: list[int], cands: list[list[int]], text_
     for row, c in enumerate(cands):
         dec[row, 1:len(c)] = torch.tensor(c[:-1])
     enc = torch.tensor([prompt], dtype=torch.long, device=device).expand(len(cands), -1).contiguous()
+    rows = torch.tensor([row for row, c in enumerate(cands) for _ in c], device=device)
+    cols = torch.tensor([t for c in cands for t in range(len(c))], device=device)
+    targets = torch.tensor([tok for c in cands for tok in c], device=device)
     _route(method, model, enc)
     with autocast(str(device), precision):
-        logits = model(input_ids=enc, attention_mask=torch.ones_like(enc), decoder_input_ids=dec,
-                       use_cache=False).logits
-    logp = _text_log_probs(logits, text_vocab)
-    return [float(sum(float(logp[row, t, tok]) for t, tok in enumerate(c))) for row, c in enumerate(cands)]
+        hidden = sequence_hidden(model, {"input_ids": enc, "attention_mask": torch.ones_like(enc),
+                                         "decoder_input_ids": dec}, is_encoder_decoder=True)
+        picked = head_map(model, hidden[rows, cols], _picked_log_probs(text_vocab), targets)
+    scores = [0.0] * len(cands)
+    for row, value in zip(rows.tolist(), picked.double().cpu().tolist()):
+        scores[row] += value
+    return scores
 
 
 @torch.no_grad()
@@ -317,6 +321,7 @@ def cloze_accuracy(model: nn.Module, tokenizer, probes: Sequence[Probe], candida
     """Per section, the share of ``probes`` whose answer wins the multiple choice among ``candidates[section]``
     (the rule of the module docstring)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    specials = SpecialTokens.of(tokenizer)
     encoded = {s: [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in cs]
                for s, cs in candidates.items()}
     for s, cands in encoded.items():
@@ -328,7 +333,8 @@ def cloze_accuracy(model: nn.Module, tokenizer, probes: Sequence[Probe], candida
         if p.section not in candidates or p.d not in candidates[p.section]:
             raise ValueError(f"probe {p} has no candidate set holding its answer; build the sets with "
                              "section_candidates over (a superset of) the probes")
-        prompt = tokenizer(cloze_prompt(p), add_special_tokens=False)["input_ids"]
+        prompt = specials.prompt(tokenizer(cloze_prompt(p), add_special_tokens=False)["input_ids"],
+                                 is_encoder_decoder)
         scores = candidate_log_probs(model, prompt, encoded[p.section], text_vocab, is_encoder_decoder, pad,
                                      precision, method)
         ok = cloze_correct(scores, list(candidates[p.section]).index(p.d))

@@ -218,12 +218,13 @@ def test_a_damaged_backbone_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
 
     builds = []
 
-    def tiny_dequantised():
+    def tiny_dequantised(name_or_path, gguf_file):
+        assert gguf_file == backbone.GGUF_FILE
         builds.append(1)
         tok = backbone.char_tokenizer()
         return backbone.tiny_model("tiny_llama", len(tok), seed=len(builds)), tok
 
-    monkeypatch.setattr(backbone, "dequantised_smollm2", tiny_dequantised)
+    monkeypatch.setattr(backbone, "dequantised_gguf", tiny_dequantised)
     cache = tmp_path / "backbones" / "smollm2-135m-instruct"
     first = backbone.load_backbone({"source": "smollm2_gguf"}, tmp_path).model.state_dict()
     assert len(builds) == 1

@@ -92,3 +92,42 @@ def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_bf16_natively(monk
         assert modeling.resolve_precision("fp32", "cpu") == "fp32" and modeling.resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError, match="unknown precision"):
         modeling.resolve_precision("fp16", "cpu")
+
+
+@pytest.mark.parametrize("loss_vocab", ["full", "items"])
+def test_the_head_in_slices_gives_the_losses_and_gradients_of_the_whole_head(synthetic_dataset, loss_vocab,
+                                                                              monkeypatch):
+    """With the head's logit budget cut to 3 positions a slice, a timeline batch's task losses and gradients equal
+    those of one call over all positions, no call sees more than 3 positions, and no logits of the vocabulary are
+    kept for the backward pass (each slice is checkpointed: only its inputs are saved). The batch holds more
+    positions than 3 + the hidden size, beyond which slicing a trained head pays (modeling.head_map)."""
+    from gemsbench import modeling
+
+    bb = load_backbone({"source": "tiny_llama"})
+    add_item_tokens(bb, synthetic_dataset.items["title"].tolist())
+    enc = Encoder(bb.tokenizer, bb.item_token_ids, False, FormatConfig(name="timeline"))
+    units = enc.training_units(synthetic_dataset.splits["train"], synthetic_dataset.events)
+    batch = enc.collate_train(units[:8])
+    ids = torch.tensor(bb.item_token_ids)
+    vocab, hidden = bb.model.get_output_embeddings().weight.shape
+    assert len(batch["label_item"]) > 3 + hidden
+
+    def losses_and_grads():
+        bb.model.zero_grad()
+        rec, search = task_loss_sums(bb.model, batch, ids, False, loss_vocab)
+        (rec + search).backward()
+        return rec.detach(), search.detach(), [p.grad.clone() for p in bb.model.parameters()]
+
+    whole = losses_and_grads()
+    monkeypatch.setattr(modeling, "HEAD_LOGITS", 3 * vocab)
+    calls, saved = [], []
+    head_forward = modeling.vocab_logits
+    monkeypatch.setattr(modeling, "vocab_logits", lambda m, h: calls.append(len(h)) or head_forward(m, h))
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        sliced = losses_and_grads()
+    assert max(calls) == 3 and sum(calls) >= 2 * len(batch["label_item"])  # forward, then again in backward
+    assert not [shape for shape in saved if shape and shape[-1] == vocab and len(shape) == 2 and shape[0] > 1]
+    torch.testing.assert_close(sliced[0], whole[0])
+    torch.testing.assert_close(sliced[1], whole[1])
+    for a, b in zip(sliced[2], whole[2]):
+        torch.testing.assert_close(a, b)

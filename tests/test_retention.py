@@ -85,6 +85,23 @@ def test_batched_perplexity_matches_unpadded_forwards_and_item_tokens_change_not
     assert bf16.ppl == pytest.approx(before.ppl, rel=0.05)
 
 
+def test_perplexity_and_cloze_with_the_head_in_slices_of_two_positions(monkeypatch):
+    """The output head's logit budget (gemsbench.modeling.HEAD_LOGITS) changes how many positions one head call
+    takes, not what is measured."""
+    from gemsbench import modeling
+
+    bb = load_backbone({"source": "tiny_llama"})
+    model = bb.model.eval()
+    texts = ["The cat sat on the mat.", "Go."]
+    prompt = TOK("a is to b as c is to", add_special_tokens=False)["input_ids"]
+    cands = [TOK(c, add_special_tokens=False)["input_ids"] for c in (" Xa", " Y", " Zbc")]
+    whole = perplexity(model, TOK, texts, 16, V), candidate_log_probs(model, prompt, cands, V, pad=TOK.pad_token_id)
+    monkeypatch.setattr(modeling, "HEAD_LOGITS", 2 * V)
+    sliced = perplexity(model, TOK, texts, 16, V), candidate_log_probs(model, prompt, cands, V, pad=TOK.pad_token_id)
+    assert sliced[0].nll == pytest.approx(whole[0].nll, rel=1e-6) and sliced[0].tokens == whole[0].tokens
+    assert sliced[1] == pytest.approx(whole[1], rel=1e-6)
+
+
 # --- cloze --------------------------------------------------------------------------------------------------
 def test_cloze_rule_on_a_bigram_model_with_known_answers():
     table = torch.zeros(V, V)

@@ -1,4 +1,5 @@
-"""Load (and, for the embedded GGUF, cache once) a backbone; write a small manifest."""
+"""Load (and, for a GGUF file, dequantise into the cache once) a backbone; write a small manifest, with the special
+tokens its tokenizer frames a text with."""
 from __future__ import annotations
 
 import time
@@ -7,6 +8,7 @@ from pathlib import Path
 from ..atomic import atomic_write_json
 from ..backbone import load_backbone
 from ..config import ConfigError, load_config
+from ..specials import SpecialTokens
 from .common import main, parser
 
 
@@ -20,6 +22,7 @@ def run(args) -> None:
     atomic_write_json({"backbone": args.backbone, "spec": spec, "architecture": type(bb.model).__name__,
                        "parameters": int(sum(p.numel() for p in bb.model.parameters())),
                        "vocabulary": len(bb.tokenizer), "encoder_decoder": bb.is_encoder_decoder,
+                       "special_tokens": SpecialTokens.of(bb.tokenizer).describe(bb.tokenizer),
                        "load_seconds": round(time.time() - t0, 2)}, Path(args.out))
 
 
