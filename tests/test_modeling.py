@@ -18,6 +18,16 @@ def beam_ranking(bb, input_ids, candidate_tokens):
     return out[:, -1].tolist()
 
 
+def tiny_timeline_batch(dataset, n_units: int):
+    """The tiny Llama with the dataset's item tokens, and a training batch of its first ``n_units`` timeline
+    windows."""
+    bb = load_backbone({"source": "tiny_llama"})
+    add_item_tokens(bb, dataset.items["title"].tolist())
+    enc = Encoder(bb.tokenizer, bb.item_token_ids, False, FormatConfig(name="timeline"))
+    units = enc.training_units(dataset.splits["train"], dataset.events)
+    return bb, enc.collate_train(units[:n_units])
+
+
 @pytest.mark.parametrize("source", ["tiny_llama", "tiny_t5"])
 def test_first_position_ranking_equals_constrained_beam_search(source, synthetic_dataset):
     bb = load_backbone({"source": source, "seed": 3})
@@ -48,11 +58,7 @@ def test_item_logits_equal_full_vocabulary_logits_of_the_model(synthetic_dataset
 
 
 def test_task_losses_split_by_label_task(synthetic_dataset):
-    bb = load_backbone({"source": "tiny_llama"})
-    add_item_tokens(bb, synthetic_dataset.items["title"].tolist())
-    enc = Encoder(bb.tokenizer, bb.item_token_ids, False, FormatConfig(name="timeline"))
-    units = enc.training_units(synthetic_dataset.splits["train"], synthetic_dataset.events)
-    batch = enc.collate_train(units[:4])
+    bb, batch = tiny_timeline_batch(synthetic_dataset, 4)
     ids = torch.tensor(bb.item_token_ids)
     rec, search = task_loss_sums(bb.model, batch, ids, False, "full")
     with torch.no_grad():
@@ -103,11 +109,7 @@ def test_the_head_in_slices_gives_the_losses_and_gradients_of_the_whole_head(syn
     positions than 3 + the hidden size, beyond which slicing a trained head pays (modeling.head_map)."""
     from gemsbench import modeling
 
-    bb = load_backbone({"source": "tiny_llama"})
-    add_item_tokens(bb, synthetic_dataset.items["title"].tolist())
-    enc = Encoder(bb.tokenizer, bb.item_token_ids, False, FormatConfig(name="timeline"))
-    units = enc.training_units(synthetic_dataset.splits["train"], synthetic_dataset.events)
-    batch = enc.collate_train(units[:8])
+    bb, batch = tiny_timeline_batch(synthetic_dataset, 8)
     ids = torch.tensor(bb.item_token_ids)
     vocab, hidden = bb.model.get_output_embeddings().weight.shape
     assert len(batch["label_item"]) > 3 + hidden
