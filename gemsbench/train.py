@@ -534,6 +534,7 @@ class Loop:
             "total_steps": self.total_steps, "stopped_early": self.stopped_early(),
             "best_step": self.best["step"], "selection": self.s.selection, "best_value": self.best["metric"],
             "units": len(self.units), "format": self.s.format, "device": self.device,
+            "targets_per_epoch": sum(self.b.encoder.unit_targets(u) for u in self.units),
             # 1-minute load average of the machine at start and end: timings taken beside other jobs read higher
             "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         }
