@@ -18,9 +18,10 @@ Which parameters are split by rows:
   forward run again on task t's rows, differentiated with Δ_t (a cheap, row-local recomputation).
 
 A row is the leading index of a layer's input: a batch row (``row_task``) for inputs of three or more
-dimensions, a labelled position (``label_task``) for the 2-D input of an output head applied to the labelled
-positions only. Any other trainable parameter (T5's relative attention bias, whose one table serves every
-row, or an adapter of unknown structure) keeps requiring gradients: the backward pass gives its joint
+dimensions (token ids: two), a labelled position (``label_task``) for the 2-D input of the output head applied
+to the labelled positions only. Any other trainable parameter — T5's relative attention bias (one table
+serves every row), an adapter of unknown structure and every layer inside it (MoE-LoRA calls its router on a
+table of task embeddings, not on rows) — keeps requiring gradients: the backward pass gives its joint
 gradient, and one extra backward pass restricted to those parameters gives its rec gradient (the search one
 is the difference). The split needs every split parameter to be used only through its module's forward call
 (true for Hugging Face and peft models; a weight read directly, outside a module call, would be missed).
@@ -86,8 +87,13 @@ class TaskSplit:
         base = embedding.get_base_layer() if embedding is not None and hasattr(embedding, "get_base_layer") \
             else embedding
         embedding_weights = {id(base.weight)} if isinstance(base, nn.Embedding) else set()
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        # the output head and what wraps or sits inside it: the only layers whose 2-D input is per label
+        head_names = tuple(f"{n}." for n, m in model.named_modules() if head is not None and m is head)
         self._modules: list[tuple[str, nn.Module, str, list[int]]] = []
+        self._heads: set[int] = set()
         unsplittable: set[int] = set()
+        opaque: list[str] = []  # modules of unknown structure: nothing inside them is split either
         for name, module in model.named_modules():
             if isinstance(module, (nn.ParameterDict, nn.ParameterList)):
                 continue  # never called: its parameters belong to the module that holds it
@@ -95,10 +101,14 @@ class TaskSplit:
             if not owned:
                 continue
             kind = _kind(module, embedding_weights)
-            if kind is None:
+            if kind is None or any(name.startswith(prefix) for prefix in opaque):
+                # e.g. an adapter that calls its inner router on a table of task embeddings, not on rows
                 unsplittable.update(owned)
+                opaque.append(f"{name}.")
             else:
                 self._modules.append((name, module, kind, owned))
+                if f"{name}.".startswith(head_names) and head_names:
+                    self._heads.add(id(module))
         split = {i for _, _, _, owned in self._modules for i in owned} - unsplittable
         self._modules = [m for m in self._modules if set(m[3]) <= split]
         split = {i for _, _, _, owned in self._modules for i in owned}
@@ -177,7 +187,7 @@ class TaskSplit:
                 raise RowSplitError(f"layer {name!r} ({type(mod).__name__}) returns {type(output).__name__}, "
                                     "not a tensor: its parameters cannot be split by rows")
             x = args[0] if args else next(iter(kwargs.values()))
-            rows = self._row_map(name, x)
+            rows = self._row_map(name, x, id(mod) in self._heads)
             if not output.requires_grad:
                 output = output.detach().requires_grad_()  # inputs and weights hold no graph: start one here
             record = [entry, x.detach(), args[1:], kwargs, rows]
@@ -185,14 +195,15 @@ class TaskSplit:
             return output
         return hook
 
-    def _row_map(self, name: str, x: Tensor) -> tuple[tuple[slice | Tensor, ...], int]:
-        """Per task, the rows of ``x`` (a slice when contiguous, else an index), and how many leading dims a row
-        spans in the flattened input (1 for a 2-D head input, else all dims but the last)."""
+    def _row_map(self, name: str, x: Tensor, is_head: bool) -> tuple[slice | Tensor | None, ...]:
+        """Per task, its rows among the leading index of ``x`` (a slice when contiguous, an index tensor
+        otherwise, None when the task has none)."""
         maps = self._armed
         integer = not x.is_floating_point()
         if (x.dim() >= 3 or (integer and x.dim() == 2)) and x.shape[0] == len(maps["row"]):
             task = maps["row"]
-        elif x.dim() == 2 and not integer and maps["label"] is not None and x.shape[0] == len(maps["label"]):
+        elif is_head and x.dim() == 2 and not integer and maps["label"] is not None \
+                and x.shape[0] == len(maps["label"]):
             task = maps["label"]
         else:
             raise RowSplitError(
