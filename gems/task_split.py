@@ -326,16 +326,21 @@ class TaskSplit:
                 self._add(t, i, g)
 
     # --- end of step -------------------------------------------------------------------------------
-    def finish(self, n_rec: int, n_search: int) -> tuple[list[Tensor | None], list[Tensor | None]]:
+    def finish(self, n_rec: int, n_search: int, without_joint: Iterable[nn.Parameter] = ()
+               ) -> tuple[list[Tensor | None], list[Tensor | None]]:
         """End the step: ``p.grad`` = the joint gradient (n_rec·g_rec + n_search·g_search)/(n_rec + n_search),
-        a tensor of its own; returns (rec, search) per parameter (None for a task with count 0; a zero tensor
-        where the task's loss does not reach a parameter). Resets the accumulators."""
+        a tensor of its own, except for the parameters in ``without_joint`` (left None: an optimizer that
+        derives their joint gradient one weight at a time, as ``MultiSubspaceAdamW.set_task_gradients(...,
+        derive_joint=True)`` does, then needs no full-size joint gradient beside the task gradients). Returns
+        (rec, search) per parameter (None for a task with count 0; a zero tensor where the task's loss does not
+        reach a parameter). Resets the accumulators."""
         if n_rec < 0 or n_search < 0 or n_rec + n_search == 0:
             raise ValueError(f"task counts must be >= 0 with a positive sum, got n_rec={n_rec}, n_search={n_search}")
+        skip = {id(p) for p in without_joint}
         acc = [[torch.zeros_like(p) if a is None else a for p, a in zip(self.params, task)] for task in self.grads]
         w = n_search / (n_rec + n_search)
         for p, gr, gs in zip(self.params, acc[0], acc[1]):
-            p.grad = torch.lerp(gr, gs, w)
+            p.grad = None if id(p) in skip else torch.lerp(gr, gs, w)
         self.reset()
         none = [None] * len(self.params)
         return (acc[0] if n_rec else none), (acc[1] if n_search else none)

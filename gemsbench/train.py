@@ -205,6 +205,8 @@ class Loop:
         self.total_steps = min(by_epochs, self.s.max_steps) if by_epochs and self.s.max_steps > 0 \
             else (by_epochs or self.s.max_steps)
         self.optimizer = method.build_optimizer(self.model, self.total_steps)
+        #: parameters whose joint gradient the optimizer derives from the task gradients (p.grad left None)
+        self.joint_free = method.joint_from_task_gradients(self.optimizer)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.s, self.total_steps))
         self.valid = validation_subset(ctx.dataset.splits["valid"], self.s.val_examples)
         self.run_dir = Path(ctx.run_dir)
@@ -288,14 +290,29 @@ class Loop:
                 for _ in range(sum(1 for c in n_lab if c)):
                     self._count_backward(batch)
         loss_rec, loss_search = split.loss_values
-        rec, search = split.finish(n_rec, n_search)
+        rec, search = split.finish(n_rec, n_search, without_joint=self.joint_free)
         return TaskGradients(self.params, rec, search, n_rec, n_search, loss_rec, loss_search)
 
     def clip(self, tg: TaskGradients | None) -> None:
         """Clip the joint gradient's norm; scale the task gradients by the same factor so that methods which
-        rebuild the update from them (PCGrad, GEMS) see the clipped step too."""
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.s.max_grad_norm)
-        coef = min(1.0, self.s.max_grad_norm / (float(norm) + 1e-6))
+        rebuild the update from them (PCGrad, GEMS) see the clipped step too. The joint gradient of a parameter
+        left without ``p.grad`` (``joint_from_task_gradients``) is formed one tensor at a time for its norm."""
+        derived = [] if tg is None else [(r, s) for p, r, s in zip(tg.params, tg.rec, tg.search)
+                                         if p.grad is None and (r is not None or s is not None)]
+        if derived:
+            w = tg.n_search / (tg.n_rec + tg.n_search)
+            norms = [torch.linalg.vector_norm(p.grad) for p in self.params if p.grad is not None]
+            norms += [torch.linalg.vector_norm(r if s is None else s if r is None else torch.lerp(r, s, w))
+                      for r, s in derived]
+            norm = torch.linalg.vector_norm(torch.stack(norms))
+            coef = min(1.0, self.s.max_grad_norm / (float(norm) + 1e-6))
+            if coef < 1.0:
+                for p in self.params:
+                    if p.grad is not None:
+                        p.grad.mul_(coef)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.s.max_grad_norm)
+            coef = min(1.0, self.s.max_grad_norm / (float(norm) + 1e-6))
         if tg is not None and coef < 1.0:
             for g in tg.rec + tg.search:
                 if g is not None:
