@@ -117,8 +117,8 @@ class TaskSplit:
         self._split = sorted(split)
         self._armed: dict | None = None  # row maps while a rows() forward runs
         self._pending: list = []  # (module entry, input, args, kwargs, row map) of the armed forward
-        self._hooks = [module.register_forward_hook(self._forward_hook(entry), with_kwargs=True)
-                       for entry in self._modules for module in (entry[1],)]
+        self._hooks = [entry[1].register_forward_hook(self._forward_hook(entry), with_kwargs=True)
+                       for entry in self._modules]
         self._recomputing = False
         self._splitting = False  # True while the backward pass of a row-split forward runs
         self._row_forward = False  # a forward pass ran inside rows() and awaits its backward()
@@ -201,27 +201,30 @@ class TaskSplit:
         maps = self._armed
         integer = not x.is_floating_point()
         if (x.dim() >= 3 or (integer and x.dim() == 2)) and x.shape[0] == len(maps["row"]):
-            task = maps["row"]
+            key = "row"
         elif is_head and x.dim() == 2 and not integer and maps["label"] is not None \
                 and x.shape[0] == len(maps["label"]):
-            task = maps["label"]
+            key = "label"
         else:
             raise RowSplitError(
                 f"layer {name!r} got an input of shape {tuple(x.shape)}: neither the batch's {len(maps['row'])} "
                 f"rows first nor one row per labelled position ({None if maps['label'] is None else len(maps['label'])}"
                 "), so its rows cannot be matched to tasks; pass label_task to rows() or take one backward pass "
                 "per task (backward() without rows())")
-        task = task.to(x.device)
-        out = []
-        for t in (0, 1):
-            idx = torch.nonzero(task == t).flatten()
-            if len(idx) == 0:
-                out.append(None)
-            elif int(idx[-1] - idx[0]) + 1 == len(idx):
-                out.append(slice(int(idx[0]), int(idx[-1]) + 1))
-            else:
-                out.append(idx)
-        return tuple(out)
+        cached = maps.setdefault(("selectors", key, x.device), None)
+        if cached is None:  # once per forward pass and device: no host sync per layer
+            task = maps[key].to(x.device)
+            cached = []
+            for t in (0, 1):
+                idx = torch.nonzero(task == t).flatten()
+                if len(idx) == 0:
+                    cached.append(None)
+                elif int(idx[-1] - idx[0]) + 1 == len(idx):
+                    cached.append(slice(int(idx[0]), int(idx[-1]) + 1))
+                else:
+                    cached.append(idx)
+            maps[("selectors", key, x.device)] = cached = tuple(cached)
+        return cached
 
     def _split_rows(self, record: list, delta: Tensor) -> None:
         if not self._splitting or not record:
