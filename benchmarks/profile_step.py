@@ -1,15 +1,16 @@
 """Where a training step's time goes: forward, backward passes, clipping, optimizer phases, per steady step.
 
 Companion to ``bench_gems.py`` (which times whole steps): one variant, one format, in this process, with the
-harness's phases wrapped in timers — the loop's forward (``Loop.losses``), each backward pass
-(``Loop._accumulate`` for per-task gradients, ``Loop.joint_backward`` for one joint pass), clipping, and the
+harness's phases wrapped in timers — the loop's forward (``Loop.losses``), the backward passes
+(``TaskSplit.backward``/``backward_task`` for per-task gradients, with the row split's weight products inside
+them, ``Loop.joint_backward`` for one joint pass), clipping, and the
 optimizer (``torch.optim.AdamW.step``; for the subspace methods ``set_task_gradients`` and, inside
 ``MultiSubspaceAdamW.step``, the targeted weights' subspace parts, the fused update, the plain-AdamW rest).
 Each timer's total over the steps from ``--warmup`` on is divided by their number. The wrappers add a few
 microseconds per call; the phases of one run, not two runs, are what to compare.
 
     python benchmarks/profile_step.py --variant gems --format timeline      # ~1.5 min on 2 CPU cores
-    python benchmarks/profile_step.py --variant full_ft --format prompt
+    python benchmarks/profile_step.py --variant full_ft --format prompt --batch paper
 
 Uses the same set-up as ``bench_gems.py`` (config/reference.yaml's train settings, the embedded data, no
 gradient-conflict measurement, ``update_gap`` 1000 so that no refresh falls inside the measured steps).
@@ -29,7 +30,10 @@ import bench_gems  # noqa: E402  (the benchmark's set-up: config, data, backbone
 
 PHASES = {  # (module, class, method) -> phase label
     ("gemsbench.train", "Loop", "losses"): "forward",
-    ("gemsbench.train", "Loop", "_accumulate"): "backward pass (per task)",
+    ("gems.task_split", "TaskSplit", "backward"): "backward pass(es) of both tasks (TaskSplit.backward)",
+    ("gems.task_split", "TaskSplit", "backward_task"): "backward pass of one task subset",
+    ("gems.task_split", "TaskSplit", "_split_rows"): "  of which: row-split weight-gradient products",
+    ("gems.task_split", "TaskSplit", "finish"): "joint gradient from the task gradients",
     ("gemsbench.train", "Loop", "joint_backward"): "forward + joint backward",
     ("gemsbench.train", "Loop", "task_backward"): "forward + task backward passes + joint gradient",
     ("gemsbench.train", "Loop", "clip"): "clip (and scale task gradients)",
@@ -72,7 +76,7 @@ def main(args) -> None:
     with tempfile.TemporaryDirectory(dir=args.cache_root) as run_dir:
         # update_gap 1000: no basis refresh among the measured steps
         method, ctx, _ = bench_gems.build_run(args.variant, args.format, args.steps, 1000, data, args.cache_root,
-                                              run_dir)
+                                              run_dir, batch=bench_gems.BATCHES[args.batch])
         method.fit(ctx)
         log = bench_gems.read_log(run_dir)
     if len(snapshots) != len(log) or len(log) <= args.warmup:
@@ -81,7 +85,7 @@ def main(args) -> None:
     first = snapshots[args.warmup - 1] if args.warmup else collections.defaultdict(float)
     n = len(log) - args.warmup
     seconds = [e["seconds"] for e in log]
-    print(f"{args.variant} · {args.format} · step seconds {[round(s, 2) for s in seconds]}")
+    print(f"{args.variant} · {args.format} · batch {args.batch} · step seconds {[round(s, 2) for s in seconds]}")
     print(f"mean of steps {args.warmup}..{len(log) - 1}: {sum(seconds[args.warmup:]) / n:.3f} s/step")
     for label in PHASES.values():
         if label in totals:
@@ -92,6 +96,8 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variant", default="gems", choices=list(bench_gems.VARIANTS))
     p.add_argument("--format", default="timeline", choices=["prompt", "timeline"])
+    p.add_argument("--batch", default="config", choices=list(bench_gems.BATCHES),
+                   help="the config's batch or the paper's effective batch (32 x 4)")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3, help="steps left out of the means (allocator warm-up)")
     p.add_argument("--cache-root", type=Path, default=bench_gems.ROOT / "cache")

@@ -1,11 +1,13 @@
 """GEMS as a library: multi-subspace gradient tuning with null-space projection, for any PyTorch model.
 
-A researcher's own loop. Two backward passes (rec subset, search subset) give all three gradient signals: the
-joint gradient of the token-mean loss over both tasks is the token-count-weighted mean of the task gradients::
+A researcher's own loop. Each step the optimizer needs the gradient of each task's token-mean loss (rec,
+search) besides the joint one. :class:`TaskSplit` gets both from ONE backward pass when every row of the batch
+belongs to one task (hooks split each layer's rows by task); the joint gradient of the token-mean loss over
+both tasks is their token-count-weighted mean, which ``give`` leaves in ``p.grad``::
 
-    import torch
-    from gems import (MultiSubspaceAdamW, build_param_groups, find_target_modules, cached_second_moments,
-                      null_space_projector)
+    import torch.nn.functional as F
+    from gems import (MultiSubspaceAdamW, TaskSplit, build_param_groups, cached_second_moments,
+                      find_target_modules, null_space_projector)
 
     opt = MultiSubspaceAdamW(build_param_groups(model, rank=128, update_gap=200), lr=5e-4, weight_decay=0.01)
 
@@ -19,27 +21,26 @@ joint gradient of the token-mean loss over both tasks is the token-count-weighte
         print(name, info.summary())
         opt.set_null_projector(module.weight, P, side="input")
 
-    params = [p for g in opt.param_groups for p in g["params"]]
-    for rec_batch, search_batch in loader:  # the two task subsets of one batch
-        task_grads, counts, losses = {}, {}, {}
-        for task, batch in (("rec", rec_batch), ("search", search_batch)):
-            opt.zero_grad()
-            loss = model(**batch).loss  # token-mean over this task's target tokens
-            loss.backward()
-            task_grads[task] = {p: p.grad.clone() for p in params if p.grad is not None}
-            counts[task] = int((batch["labels"] != -100).sum())
-            losses[task] = loss.item()
-        n = counts["rec"] + counts["search"]
-        for p in params:  # the joint gradient goes in p.grad
-            parts = [counts[t] * task_grads[t][p] for t in task_grads if p in task_grads[t]]
-            p.grad = sum(parts) / n if parts else None
-        opt.set_task_gradients(task_grads["rec"], task_grads["search"], counts["rec"], counts["search"],
-                               losses["rec"], losses["search"])
+    split = TaskSplit(model)  # hooks on the trainable layers, idle outside split.rows()
+    for batch in loader:  # batch["task"]: 0 (rec) or 1 (search) per row; labels -100 off the targets
+        with split.rows(batch["task"]):  # the forward pass whose rows the backward pass splits
+            logits = model(input_ids=batch["input_ids"]).logits
+        labels = batch["labels"][:, 1:]
+        row_loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels, reduction="none").sum(1)
+        row_targets = (labels != -100).sum(1)
+        is_search = batch["task"] == 1
+        n_rec, n_search = int(row_targets[~is_search].sum()), int(row_targets[is_search].sum())
+        # each task's token-mean loss; one backward pass gives both task gradients
+        split.backward(row_loss[~is_search].sum() / max(n_rec, 1), row_loss[is_search].sum() / max(n_search, 1))
+        split.give(opt, n_rec, n_search)  # p.grad = joint gradient; task gradients and losses to the optimizer
         opt.step()
         log(opt.last_stats)  # gates, basis refreshes, SVD seconds, skipped refreshes
 
-A task missing from a batch is passed with count 0 (and empty gradients). ``multi_subspace=False`` gives
-GaLore; then ``set_task_gradients`` is optional.
+Gradient accumulation: one ``rows()`` forward and one ``backward`` per micro-batch, each task's loss divided by
+that task's target count over the whole step, then one ``give``. Rows that mix tasks (a sequence holding
+both): call ``backward`` without ``rows()``, which takes one backward pass per task through the shared graph.
+A task missing from a step gets count 0 (its gradients are then ignored and its gate is 0).
+``multi_subspace=False`` gives GaLore; then the task gradients are optional (``loss.backward()`` will do).
 """
 from .gating import GATE_MODES, GateConfig, TaskSignals, compute_gates
 from .nullspace import (LowRankProjector, NullSpaceInfo, cached_second_moments, collect_feature_moments,
@@ -48,6 +49,7 @@ from .nullspace import (LowRankProjector, NullSpaceInfo, cached_second_moments, 
                         second_moment_key, symmetric_eigh)
 from .optimizer import MOMENT_POLICIES, TASK_BASES, MultiSubspaceAdamW
 from .projector import SVD_METHODS, compute_basis, orthogonal_complement, project, project_back, projection_side
+from .task_split import RowSplitError, TaskSplit
 from .targets import DEFAULT_TARGETS, LLAMA_LIKE_TARGETS, T5_TARGETS, build_param_groups, find_target_modules
 
 __all__ = [
@@ -58,5 +60,6 @@ __all__ = [
     "symmetric_eigh",
     "MOMENT_POLICIES", "TASK_BASES", "MultiSubspaceAdamW",
     "SVD_METHODS", "compute_basis", "orthogonal_complement", "project", "project_back", "projection_side",
+    "RowSplitError", "TaskSplit",
     "DEFAULT_TARGETS", "LLAMA_LIKE_TARGETS", "T5_TARGETS", "build_param_groups", "find_target_modules",
 ]

@@ -71,6 +71,14 @@ class _TaskStep:
 
     grads: dict[str, Mapping[Tensor, Tensor | None]]
     gates: dict[str, float]
+    joint_weight: float | None = None  # n_search / n when targeted weights without p.grad derive the joint
+
+    def joint(self, p: Tensor) -> Tensor | None:
+        """The joint gradient of ``p`` as the count-weighted mean of its task gradients (``derive_joint``)."""
+        rec, search = self.grads["rec"].get(p), self.grads["search"].get(p)
+        if rec is None or search is None:
+            return rec if search is None else search
+        return torch.lerp(rec, search, self.joint_weight)
 
 
 @dataclass
@@ -227,11 +235,15 @@ class MultiSubspaceAdamW(Optimizer):
         self._null[param] = (projector.to(device=param.device, dtype=torch.float32), side)
 
     def set_task_gradients(self, rec: Mapping[Tensor, Tensor | None], search: Mapping[Tensor, Tensor | None],
-                           n_rec: int, n_search: int, loss_rec: float, loss_search: float) -> None:
+                           n_rec: int, n_search: int, loss_rec: float, loss_search: float, *,
+                           derive_joint: bool = False) -> None:
         """Give the next ``step`` the per-task gradients (of each task's token-mean loss), keyed by parameter.
 
         A task with count 0 is absent: its gradients are ignored and its gate is 0. The gradient-norm share of
-        the heuristic gate uses the global L2 norm over every tensor passed here.
+        the heuristic gate uses the global L2 norm over every tensor passed here. With ``derive_joint`` a
+        targeted weight whose ``p.grad`` is None takes as joint gradient the count-weighted mean of its task
+        gradients, formed for one weight at a time during the step: the caller need not hold a full-size joint
+        gradient for every targeted weight at once beside the two task gradients.
         """
         if n_rec < 0 or n_search < 0:
             raise ValueError(f"task counts must be >= 0, got n_rec={n_rec}, n_search={n_search}")
@@ -249,7 +261,8 @@ class MultiSubspaceAdamW(Optimizer):
             norms[task] = _global_norm(grads[task].values())
         signals = TaskSignals(n_rec, n_search, float(loss_rec), float(loss_search), norms["rec"], norms["search"])
         g_rec, g_search = compute_gates(self.gating, signals)
-        self._task_step = _TaskStep(grads=grads, gates={"rec": g_rec, "search": g_search})
+        self._task_step = _TaskStep(grads=grads, gates={"rec": g_rec, "search": g_search},
+                                    joint_weight=n_search / (n_rec + n_search) if derive_joint else None)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -265,12 +278,16 @@ class MultiSubspaceAdamW(Optimizer):
         stats = _StepStats()
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:
+                grad = p.grad
+                if grad is None and group["targeted"] and task_step is not None \
+                        and task_step.joint_weight is not None:
+                    grad = task_step.joint(p)  # one full-size temporary, freed after this weight's step
+                if grad is None:
                     continue
-                if p.grad.is_sparse:
+                if grad.is_sparse:
                     raise RuntimeError("MultiSubspaceAdamW does not support sparse gradients")
                 if group["targeted"]:
-                    self._step_targeted(p, group, task_step, stats)
+                    self._step_targeted(p, grad, group, task_step, stats)
                 else:
                     self._step_dense(p, group)
         for key in self._totals:
@@ -347,14 +364,15 @@ class MultiSubspaceAdamW(Optimizer):
             cast = self._projector_cache[p] = (projector, dtype, projector.to(dtype=dtype))
         return cached[3], cast[2]
 
-    def _step_targeted(self, p: Tensor, group: dict, task_step: _TaskStep | None, stats: _StepStats) -> None:
+    def _step_targeted(self, p: Tensor, grad: Tensor, group: dict, task_step: _TaskStep | None,
+                       stats: _StepStats) -> None:
         state = self.state[p]
         state.setdefault("step", 0)
         side = projection_side(p.shape)
         refresh_due = state["step"] % group["update_gap"] == 0
         null = self._null_for(p)
         parts = []
-        shared = self._subspace_part(p, "shared", p.grad, group["rank"], None, 1.0, group, side, null,
+        shared = self._subspace_part(p, "shared", grad, group["rank"], None, 1.0, group, side, null,
                                      refresh_due, stats)
         if shared is not None:
             parts.append(shared)

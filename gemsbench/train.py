@@ -6,9 +6,10 @@ says how to wrap the model, which optimizer to build and how to step (:class:`~g
 
 Per-task gradients (method.md §3): the joint loss is the token mean over both tasks, so its gradient is the
 token-count-weighted sum of the two task gradients. When a method asks for them (or the conflict analysis
-does), the loop takes one backward pass per task — over the two disjoint example subsets in the prompt
-format, or twice through one shared forward pass in the timeline format — and derives the joint gradient
-from them instead of computing it a third time.
+does), the loop gets both from :class:`gems.TaskSplit` and derives the joint gradient from them instead of
+computing it a third time: in the prompt format every row holds one task, so ONE backward pass per
+micro-batch gives both, its rows split by task; in the timeline format rows mix tasks, and one shared
+forward pass is followed by one backward pass per task.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from gems.targets import DEFAULT_TARGETS
+from gems.task_split import TaskSplit
 
 from .atomic import RETRAIN, atomic_torch_save, torch_load
 from .backbone import add_item_tokens, load_backbone
@@ -179,6 +181,10 @@ def validation_subset(valid: pd.DataFrame, n: int) -> pd.DataFrame:
 class Loop:
     """One training run of an LLM method."""
 
+    #: prompt format: both task gradients from one backward pass, rows split by task (False: one pass per task,
+    #: the reference the tests compare against)
+    split_rows: bool = True
+
     def __init__(self, method: LLMMethod, ctx: RunContext):
         self.method, self.ctx = method, ctx
         self.s = TrainSettings.from_dict(ctx.train)
@@ -199,6 +205,8 @@ class Loop:
         self.total_steps = min(by_epochs, self.s.max_steps) if by_epochs and self.s.max_steps > 0 \
             else (by_epochs or self.s.max_steps)
         self.optimizer = method.build_optimizer(self.model, self.total_steps)
+        #: parameters whose joint gradient the optimizer derives from the task gradients (p.grad left None)
+        self.joint_free = method.joint_from_task_gradients(self.optimizer)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.s, self.total_steps))
         self.valid = validation_subset(ctx.dataset.splits["valid"], self.s.val_examples)
         self.run_dir = Path(ctx.run_dir)
@@ -210,6 +218,7 @@ class Loop:
         vocab_rows, hidden = self.b.head_shape
         self.head_width = hidden * (vocab_rows if self.s.loss_vocab == "full" else len(self.b.item_ids))
         self.work = StepWork()
+        self._task_split: TaskSplit | None = None  # hooks for per-task gradients, made on first use
         self._orders: dict[int, np.ndarray] = {}  # epoch -> unit order (a function of seed and epoch)
 
     # --- data ---------------------------------------------------------------------------------
@@ -251,47 +260,59 @@ class Loop:
         return tot_rec / max(n_rec, 1), tot_search / max(n_search, 1)
 
     def task_backward(self, batches: list[dict], n_rec: int, n_search: int) -> TaskGradients:
-        """Two backward passes (one per task); leaves the derived joint gradient in ``p.grad``.
+        """Both task gradients of the step (:class:`gems.TaskSplit`); leaves the joint gradient in ``p.grad``.
 
-        A task's gradient is the first micro-batch's ``autograd.grad`` output itself, later micro-batches are
-        added into it: no zero-filled buffers (each is a full pass over the model's weights, which on a CPU
-        costs about what the optimizer step does)."""
-        acc: dict[int, list[torch.Tensor | None]] = {0: [None] * len(self.params), 1: [None] * len(self.params)}
-        totals = {0: 0.0, 1: 0.0}
-        counts = {0: n_rec, 1: n_search}
+        ``prompt`` format: ONE backward pass per micro-batch, its rows split by task (every prompt row holds one
+        task), when ``split_rows`` is on; else (the reference) one forward and backward pass per task subset.
+        ``timeline``: one shared forward pass, one backward pass per task."""
+        if self._task_split is None:
+            self._task_split = TaskSplit(self.model, self.params)
+        split = self._task_split
+        scale = (1 / max(n_rec, 1), 1 / max(n_search, 1))
         for batch in batches:
-            if self.s.format == "prompt":
-                pieces = [(t, subset_batch(batch, t)) for t in (0, 1)]
-                for t, sub in pieces:
-                    if sub is None:
-                        continue
-                    loss = self.losses(sub)[t]
-                    self._accumulate(acc[t], loss / counts[t], retain=False)
-                    self._count_backward(sub)
-                    totals[t] += loss.item()
+            if self.s.format == "prompt" and self.split_rows:
+                with split.rows(batch["example_task"], batch["label_task"]):
+                    rec, search = self.losses(batch)
+                split.backward(rec * scale[0], search * scale[1])
+                self._count_backward(batch)
+            elif self.s.format == "prompt":
+                for t in (0, 1):
+                    sub = subset_batch(batch, t)
+                    if sub is not None:
+                        split.backward_task(t, self.losses(sub)[t] * scale[t])
+                        self._count_backward(sub)
             else:
                 rec, search = self.losses(batch)
                 n_lab = count_labels(batch)
-                for t, loss in ((0, rec), (1, search)):
-                    if n_lab[t]:  # each task's backward pass runs through the whole shared graph
-                        self._accumulate(acc[t], loss / counts[t], retain=(t == 0 and n_lab[1] > 0))
-                        self._count_backward(batch)
-                        totals[t] += loss.item()
-        for t in (0, 1):  # a parameter the task's loss does not reach gets a zero gradient
-            acc[t] = [torch.zeros_like(p) if a is None else a for p, a in zip(self.params, acc[t])]
-        n = n_rec + n_search
-        for p, gr, gs in zip(self.params, acc[0], acc[1]):
-            # (n_rec·g_rec + n_search·g_search) / n in one pass, a tensor of its own (clipping scales it in place)
-            p.grad = torch.lerp(gr, gs, n_search / n)
-        return TaskGradients(self.params, acc[0] if n_rec else [None] * len(self.params),
-                             acc[1] if n_search else [None] * len(self.params), n_rec, n_search,
-                             totals[0] / max(n_rec, 1), totals[1] / max(n_search, 1))
+                # each task's backward pass runs through the whole shared graph
+                split.backward(rec * scale[0] if n_lab[0] else rec.detach(),
+                               search * scale[1] if n_lab[1] else search.detach())
+                for _ in range(sum(1 for c in n_lab if c)):
+                    self._count_backward(batch)
+        loss_rec, loss_search = split.loss_values
+        rec, search = split.finish(n_rec, n_search, without_joint=self.joint_free)
+        return TaskGradients(self.params, rec, search, n_rec, n_search, loss_rec, loss_search)
 
     def clip(self, tg: TaskGradients | None) -> None:
         """Clip the joint gradient's norm; scale the task gradients by the same factor so that methods which
-        rebuild the update from them (PCGrad, GEMS) see the clipped step too."""
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.s.max_grad_norm)
-        coef = min(1.0, self.s.max_grad_norm / (float(norm) + 1e-6))
+        rebuild the update from them (PCGrad, GEMS) see the clipped step too. The joint gradient of a parameter
+        left without ``p.grad`` (``joint_from_task_gradients``) is formed one tensor at a time for its norm."""
+        derived = [] if tg is None else [(r, s) for p, r, s in zip(tg.params, tg.rec, tg.search)
+                                         if p.grad is None and (r is not None or s is not None)]
+        if derived:
+            w = tg.n_search / (tg.n_rec + tg.n_search)
+            norms = [torch.linalg.vector_norm(p.grad) for p in self.params if p.grad is not None]
+            norms += [torch.linalg.vector_norm(r if s is None else s if r is None else torch.lerp(r, s, w))
+                      for r, s in derived]
+            norm = torch.linalg.vector_norm(torch.stack(norms))
+            coef = min(1.0, self.s.max_grad_norm / (float(norm) + 1e-6))
+            if coef < 1.0:
+                for p in self.params:
+                    if p.grad is not None:
+                        p.grad.mul_(coef)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.s.max_grad_norm)
+            coef = min(1.0, self.s.max_grad_norm / (float(norm) + 1e-6))
         if tg is not None and coef < 1.0:
             for g in tg.rec + tg.search:
                 if g is not None:
@@ -316,16 +337,6 @@ class Loop:
     def item_rows_before_step(self) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
         return [(param, rows, (param if rows is None else param[rows]).detach().clone())
                 for param, rows in self.item_rows]
-
-    def _accumulate(self, acc: list[torch.Tensor | None], loss: torch.Tensor, retain: bool) -> None:
-        """Add the gradient of ``loss`` into ``acc`` (None entries take the new gradient tensor as it is)."""
-        grads = torch.autograd.grad(loss, self.params, retain_graph=retain, allow_unused=True)
-        for i, g in enumerate(grads):
-            if g is not None:
-                if acc[i] is None:  # an expanded (stride-0) gradient is copied: it is written in place later
-                    acc[i] = g if g.is_contiguous() else g.contiguous()
-                else:
-                    acc[i].add_(g)
 
     # --- validation ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -150,3 +150,72 @@ def test_input_side_null_space_keeps_outputs_on_general_text(synthetic_dataset, 
     protected = output_movement(before, trained_weights(tmp_path / "nsp"), moments)
     free = output_movement(before, trained_weights(tmp_path / "plain"), moments)
     assert protected < 0.02 * free, (protected, free)
+
+
+@pytest.mark.parametrize("name", ["gems", "gems_no_nsp"])
+def test_prompt_runs_are_unchanged_by_the_one_pass_row_split(name, synthetic_dataset, cache_root, tmp_path,
+                                                             monkeypatch):
+    """The same run with task gradients from one backward pass split by rows (the default) and from one pass per
+    task subset (the reference): the same losses, gates, validation metrics and final weights, to float
+    tolerance (four steps, two basis refreshes: short enough for float32 SVD bases to agree)."""
+    from gemsbench.train import Loop
+
+    runs = {}
+    for split_rows in (True, False):
+        monkeypatch.setattr(Loop, "split_rows", split_rows)
+        run_dir = tmp_path / str(split_rows)
+        hparams = {**HPARAMS[name], "rank": 2, "task_rank": 1}
+        build_method(name, hparams).fit(context(synthetic_dataset, run_dir, cache_root, "prompt", batch_size=8,
+                                                grad_accum=2, batch_tokens=64))
+        log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+        runs[split_rows] = log, trained_weights(run_dir)
+    (log, weights), (ref_log, ref_weights) = runs[True], runs[False]
+    assert [e["passes"] for e in log] == [e["passes"] for e in ref_log] and log[0]["passes"] > 2  # accumulation
+    for e, r in zip(log, ref_log):
+        for key in ("loss_rec", "loss_search", "gate_rec", "val_ndcg@5", "val_loss"):
+            assert (e.get(key) is None) == (r.get(key) is None), key
+            if e.get(key) is not None:
+                assert e[key] == pytest.approx(r[key], rel=1e-4, abs=1e-6), (e["step"], key)
+    for key, w in ref_weights.items():
+        torch.testing.assert_close(weights[key], w, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("fmt", ["prompt", "timeline"])
+def test_gems_steps_alike_with_the_joint_gradient_derived_by_the_optimizer(fmt, synthetic_dataset, cache_root,
+                                                                             tmp_path, monkeypatch):
+    """The loop leaves the targeted weights' p.grad None and the optimizer forms each joint gradient from the
+    task gradients as it steps the weight: the same run as with the loop's full-size joint gradients (the same
+    lerp of the same tensors). Clipping then measures the norm of what the optimizer will form."""
+    from gemsbench.methods.gems_methods import SubspaceMethod
+    from gemsbench.train import Loop
+
+    weights = {}
+    for derived in (True, False):
+        if not derived:
+            monkeypatch.setattr(SubspaceMethod, "joint_from_task_gradients", lambda self, opt: [])
+        run_dir = tmp_path / str(derived)
+        build_method("gems", HPARAMS["gems"]).fit(context(synthetic_dataset, run_dir, cache_root, fmt, max_steps=3,
+                                                          max_grad_norm=1e9))
+        weights[derived] = trained_weights(run_dir)
+    for key, w in weights[False].items():
+        torch.testing.assert_close(weights[True][key], w, rtol=1e-6, atol=1e-8, msg=key)
+
+    monkeypatch.undo()
+    loop = Loop(build_method("gems_no_nsp", HPARAMS["gems_no_nsp"]),
+                context(synthetic_dataset, tmp_path / "clip", cache_root, fmt, max_grad_norm=0.05))
+    batches = loop.micro_batches(0)
+    counts = [(int((b["label_task"] == 0).sum()), int((b["label_task"] == 1).sum())) for b in batches]
+    n_rec, n_search = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    tg = loop.task_backward(batches, n_rec, n_search)
+    targeted = {id(p) for p in loop.joint_free}
+    assert targeted and all((p.grad is None) == (id(p) in targeted) for p in loop.params)
+    joint = [torch.lerp(r, s, n_search / (n_rec + n_search)) for r, s in zip(tg.rec, tg.search)]
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in joint])))
+    assert norm > 0.05
+    rec = [r.clone() for r in tg.rec]
+    loop.clip(tg)
+    for before, after in zip(rec, tg.rec):
+        torch.testing.assert_close(after, before * (0.05 / (norm + 1e-6)), rtol=1e-5, atol=1e-9)
+    for p, g in zip(loop.params, joint):
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, g * (0.05 / (norm + 1e-6)), rtol=1e-5, atol=1e-9)

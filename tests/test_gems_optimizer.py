@@ -230,3 +230,26 @@ def test_heuristic_gates_use_the_global_norm_of_the_task_gradients():
     # 0.4 * 3/4 (loss) + 0.4 * 5/20 (grad norm) + 0.2 * 1/4 (count)
     assert opt.last_stats["gate_rec"] == pytest.approx(0.45)
     assert opt.last_stats["gate_search"] == pytest.approx(0.55)
+
+
+def test_a_joint_gradient_derived_from_the_task_gradients_gives_the_same_steps():
+    """derive_joint=True with p.grad None: the same update as p.grad = the count-weighted mean of the task
+    gradients, for steps with both tasks and with one absent; a non-targeted weight still needs its p.grad."""
+    def run(derive: bool) -> list[torch.Tensor]:
+        w = nn.Parameter(gaussian((12, 8), 0))
+        b = nn.Parameter(gaussian((8,), 1))
+        opt = MultiSubspaceAdamW([{"params": [w], "targeted": True}, {"params": [b], "targeted": False}], lr=1e-2,
+                                 rank=4, task_rank=2, update_gap=2)
+        out = []
+        for step, n in enumerate([(3, 5), (4, 0), (2, 6)]):
+            rec, search = gaussian((12, 8), 10 + step), gaussian((12, 8), 20 + step)
+            given_search = {w: search} if n[1] else {}
+            w.grad = None if derive else torch.lerp(rec, search, n[1] / sum(n)) if n[1] else rec.clone()
+            b.grad = gaussian((8,), 30 + step)
+            opt.set_task_gradients({w: rec}, given_search, n[0], n[1], 1.0, 2.0, derive_joint=derive)
+            opt.step()
+            out.append(w.detach().clone())
+        return out + [b.detach().clone()]
+
+    for got, want in zip(run(True), run(False)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

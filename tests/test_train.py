@@ -7,6 +7,7 @@ import torch
 
 from gemsbench.methods.base import RunContext
 from gemsbench.methods.registry import build_method
+from gemsbench.formats import count_labels, subset_batch
 from gemsbench.train import Loop, load_trainable_state
 
 TRAIN = {"max_steps": 6, "batch_size": 4, "eval_every": 3, "val_examples": 6, "precision": "fp32"}
@@ -59,6 +60,41 @@ def test_a_steps_gradient_does_not_depend_on_how_it_is_split_into_passes(fmt, so
     for want, got in ((joint, joint2), (rec, rec2), (search, search2)):
         for w, g in zip(want, got):
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method,source", [("full_ft", "tiny_llama"), ("full_ft", "tiny_t5"), ("lora", "tiny_llama"),
+                                           ("lora", "tiny_t5"), ("moe_lora", "tiny_llama"),
+                                           ("hydra_lora", "tiny_llama")])
+def test_prompt_task_gradients_from_one_backward_pass_equal_one_pass_per_task(method, source, synthetic_dataset,
+                                                                             tmp_path, monkeypatch):
+    """Prompt format, two accumulated micro-batches: the row split (one backward pass per micro-batch) gives the
+    task and joint gradients of one forward and backward pass per task subset; so does a step whose only
+    micro-batch lacks the search task. Adapters of unknown structure (MoE-LoRA, HydraLoRA) fall back to a
+    restricted extra pass, with the same result."""
+    loop = Loop(build_method(method), context(synthetic_dataset, tmp_path, "prompt", source, grad_accum=2,
+                                              batch_tokens=64))
+    loop.model.eval()  # dropout off (T5 has it) so the passes are comparable
+    batches = loop.micro_batches(0)
+    rec_only = [b for b in (subset_batch(b, 0) for b in batches) if b is not None][:1]
+    for step_batches in (batches, rec_only):
+        counts = [count_labels(b) for b in step_batches]
+        n_rec, n_search = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        got = {}
+        for split_rows in (True, False):
+            monkeypatch.setattr(loop, "split_rows", split_rows)
+            tg = loop.task_backward(step_batches, n_rec, n_search)
+            got[split_rows] = tg, [p.grad for p in loop.params]
+            loop.optimizer.zero_grad(set_to_none=True)
+        (tg, joint), (ref, ref_joint) = got[True], got[False]
+        assert (tg.n_rec, tg.n_search) == (ref.n_rec, ref.n_search) and tg.loss_rec == pytest.approx(ref.loss_rec)
+        for want, have in ((ref.rec, tg.rec), (ref.search, tg.search), (ref_joint, joint)):
+            for w, g in zip(want, have):
+                assert (w is None) == (g is None)
+                if w is not None:
+                    torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    assert n_search == 0 and tg.search == [None] * len(loop.params)
+    if method in ("full_ft", "lora") and source == "tiny_llama":  # every trainable weight is split by rows
+        assert loop._task_split.fallback_parameters == []
 
 
 def final_state(loop):

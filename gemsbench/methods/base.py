@@ -108,7 +108,8 @@ class TaskGradients:
 class LLMMethod(Method):
     """A method that fine-tunes the backbone in the shared loop."""
 
-    #: True when ``optimizer_step`` needs the per-task gradients (two backward passes per step)
+    #: True when ``optimizer_step`` needs the per-task gradients (the loop's ``task_backward``: one backward pass
+    #: per micro-batch in the prompt format, rows split by task; one per task in the timeline format)
     uses_task_gradients: ClassVar[bool] = False
     #: set by the training loop before each step: True on the steps where it logs gradient conflict
     conflict_step: bool = False
@@ -131,6 +132,12 @@ class LLMMethod(Method):
             matrices.append(head.weight)
         rows = torch.tensor(item_token_ids, dtype=torch.long, device=matrices[0].device)
         return [(w, rows) for w in matrices if w.requires_grad]
+
+    def joint_from_task_gradients(self, optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+        """The parameters whose joint gradient the optimizer derives itself from the task gradients: on steps
+        with task gradients the loop leaves their ``p.grad`` None (a full-size copy of each saved) and clips
+        what the optimizer will derive. Default: none."""
+        return []
 
     def before_forward(self, model: nn.Module, batch: dict) -> None:
         """Hook run before every forward pass (e.g. to route task ids to experts). Default: nothing."""

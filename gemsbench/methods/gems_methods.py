@@ -2,10 +2,15 @@
 
 | method        | subspaces                          | null-space projection | task gradients |
 |---------------|------------------------------------|-----------------------|----------------|
-| `gems`        | shared + search + rec (method.md §3) | yes (§4)            | two backward passes |
+| `gems`        | shared + search + rec (method.md §3) | yes (§4)            | yes            |
 | `gems_no_msd` | one shared subspace                | yes                   | no             |
-| `gems_no_nsp` | shared + search + rec              | no                    | two backward passes |
+| `gems_no_nsp` | shared + search + rec              | no                    | yes            |
 | `galore`      | one shared subspace                | no                    | no             |
+
+Task gradients (the loop's ``task_backward``, :class:`gems.TaskSplit`) come from one backward pass per
+micro-batch in the ``prompt`` format (rows split by task) and from one backward pass per task in
+``timeline``. The multi-subspace methods leave the targeted weights' joint gradient to the optimizer, which
+forms it from the two task gradients one weight at a time (``joint_from_task_gradients``).
 
 Every weight is trainable (GEMS is full-parameter subspace tuning): the attention and MLP projections go
 through the low-rank subspaces, everything else — embeddings with the new item tokens, norms, an untied head —
@@ -189,11 +194,18 @@ class SubspaceMethod(LLMMethod):
                            "value": value, "fallback_fraction": hp["null_fallback_fraction"],
                            "by_layer_type": summary, "layers": rows}, Path(ctx.run_dir) / "null_space.json")
 
+    def joint_from_task_gradients(self, optimizer: MultiSubspaceAdamW) -> list[nn.Parameter]:
+        """Multi-subspace: the targeted weights (the optimizer forms each one's joint gradient from its task
+        gradients as it steps it, so no full-size joint gradient is held for all of them at once)."""
+        if not self.multi_subspace:
+            return []
+        return [p for g in optimizer.param_groups if g["targeted"] for p in g["params"]]
+
     def optimizer_step(self, optimizer: MultiSubspaceAdamW, task_grads: TaskGradients | None) -> dict[str, Any]:
         if self.multi_subspace:
             tg = task_grads
             optimizer.set_task_gradients(dict(zip(tg.params, tg.rec)), dict(zip(tg.params, tg.search)),
-                                         tg.n_rec, tg.n_search, tg.loss_rec, tg.loss_search)
+                                         tg.n_rec, tg.n_search, tg.loss_rec, tg.loss_search, derive_joint=True)
             # the cosines inside the shared and task subspaces: every step when asked, else on conflict steps
             optimizer.record_projected_cosines = bool(self.hparams["log_subspace_cosines"] or self.conflict_step)
         optimizer.step()
