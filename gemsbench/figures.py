@@ -207,7 +207,7 @@ ATTENTION_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "q", "k", "v", "o")
 def conflict_layers_figure(layers: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
     """Search/rec gradient cosine per block, averaged over the logged steps, the seeds and the targeted matrices
     of the block (attention panel: q/k/v/o; MLP panel: the rest), one line per method. ``layers`` is
-    conflict_layers.csv (tables.collect_layer_conflict)."""
+    conflict_layers.csv (analysis.conflict.collect_layer_conflict)."""
     with matplotlib.rc_context(STYLE):
         if layers.empty or layers["depth"].isna().all():
             fig = _figure(1.0)
@@ -282,14 +282,14 @@ def sensitivity_figure(df: pd.DataFrame, stem: Path, title: str = "") -> list[Pa
         return save(fig, stem)
 
 
-def knowledge_figure(summary: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
-    """Knowledge retention per method (rows of knowledge.csv for one dataset and backbone): the relative change
-    of the perplexity on held-out Wikipedia articles and the change of the factual cloze accuracy against the
+def retention_figure(summary: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
+    """Retention of general knowledge per method (rows of retention.csv for one dataset and backbone): the
+    relative change of the perplexity on held-out Wikipedia articles and the change of the factual cloze accuracy against the
     pre-trained backbone, ±1 std over seeds; the zero line is the backbone itself."""
     missing = {"run", "label", "seeds", "ppl_rel_change_mean", "ppl_rel_change_std", "cloze_change_mean",
                "cloze_change_std"} - set(summary.columns)
     if missing:
-        raise ValueError(f"knowledge table lacks columns {sorted(missing)}; make it with aggregate --table knowledge")
+        raise ValueError(f"retention table lacks columns {sorted(missing)}; make it with aggregate --table retention")
     panels = [("ppl_rel_change", "Perplexity change\non held-out text (%)"),
               ("cloze_change", "Cloze accuracy\nchange (pp)")]
     runs = _runs(summary)

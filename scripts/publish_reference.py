@@ -33,8 +33,8 @@ from gemsbench.atomic import atomic_dir
 MAX_BYTES = 2_000_000  # "nothing over a few MB" in the repository
 TABLE_SUFFIXES = (".csv", ".md", ".tex")
 #: benchmark folder -> the named target its jobs belong to (sweep runs are told apart by their run name)
-STAGE_TARGET = {"train": "main_table", "evaluate": "main_table", "retention": "knowledge",
-                "retention_base": "knowledge", "knowledge_space": "main_table"}
+STAGE_TARGET = {"train": "main_table", "evaluate": "main_table", "retention": "retention",
+                "retention_base": "retention", "knowledge_space": "main_table"}
 SWEEP_MARK = "~"  # sensitivity runs are named {base}~{param}-{value}
 
 
@@ -120,7 +120,7 @@ def main(argv=None) -> None:
         "note": ("Wall seconds per target sum the benchmarked jobs of that target (snakemake benchmark files; "
                  "aggregation and figure rules take seconds and are not benchmarked). main_table: data, "
                  "backbone cache, knowledge space, training and evaluation of the main grid; sensitivity: the "
-                 "sweep runs; knowledge: the retention evaluations. jobs.csv has every job."),
+                 "sweep runs; retention: the retention measurements. jobs.csv has every job."),
     }
     with atomic_dir(out) as staging:
         (staging / "tables").mkdir()

@@ -12,15 +12,16 @@ from matplotlib.image import imread
 
 from gemsbench.cli.figures import run as draw
 from gemsbench.figures import COLUMN_WIDTH_IN, METHOD_COLOURS, PNG_DPI, method_colour
-from gemsbench.tables import (ablation_summary, collect_conflict, collect_efficiency, collect_layer_conflict,
-                              conflict_markdown, efficiency_markdown, efficiency_summary)
+from gemsbench.analysis.ablation import ablation_summary
+from gemsbench.analysis.conflict import collect_conflict, collect_layer_conflict, conflict_markdown
+from gemsbench.analysis.efficiency import collect_efficiency, efficiency_markdown, efficiency_summary
 
 RUNS = [("gems", "GEMS", "gems"), ("lora", "LoRA", "lora"), ("popularity", "Popularity", "popularity")]
 
 
 def figure_args(out_dir, **csvs):
     defaults = {"metric": "ndcg@10", "main": None, "efficiency": None, "conflict": None, "conflict_summary": None,
-                "conflict_layers": None, "knowledge": None, "convergence": None, "sensitivity": []}
+                "conflict_layers": None, "retention": None, "convergence": None, "sensitivity": []}
     return argparse.Namespace(out_dir=str(out_dir), **{**defaults, **csvs})
 
 

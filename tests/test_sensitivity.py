@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from gemsbench.cli.aggregate import sensitivity_tables
+from gemsbench.analysis.registry import TABLES
 from gemsbench.cli.common import config_and_run
 from gemsbench.cli.figures import sensitivity_figures
 from gemsbench.config import (ConfigError, Run, digest, method_entry, run_spec, run_train_settings, runs,
@@ -177,7 +177,7 @@ def sweep_table(tmp_path):
         paths[-1].write_text(json.dumps(eval_summary(run, seed)))
     out = tmp_path / "tables"
     out.mkdir()
-    sensitivity_tables(cfg, paths, out)
+    TABLES["sensitivity"].make(cfg, {"summaries": paths}, out)
     return out
 
 

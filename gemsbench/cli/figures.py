@@ -9,7 +9,7 @@ Each CSV given draws its figures into --out-dir, as PDF and PNG:
 * --sensitivity sweep.csv [...]        -> {csv name}                            (metric vs hyper-parameter value)
                                           {csv name}_{dataset}_{backbone}        (tables with those columns, e.g.
                                           aggregate --table sensitivity's; its sampled protocol where evaluated)
-* --knowledge knowledge.csv            -> knowledge_{dataset}_{backbone}        (perplexity and cloze change)
+* --retention retention.csv            -> retention_{dataset}_{backbone}        (perplexity and cloze change)
 * --convergence convergence.csv        -> convergence_{dataset}_{backbone}      (validation vs training targets)
 
 It deliberately avoids importing the training stack (torch, transformers), so redrawing takes seconds.
@@ -24,8 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..figures import (conflict_figure, conflict_layers_figure, convergence_figure, efficiency_figure,
-                       main_results_figure, sensitivity_figure)
-from ..figures import knowledge_figure
+                       main_results_figure, retention_figure, sensitivity_figure)
 
 
 def _read(path: str) -> pd.DataFrame:
@@ -74,15 +73,15 @@ def run(args) -> list[Path]:
                 written += conflict_layers_figure(layers, out / f"conflict_layers_{ds}_{bb}", title=f"{ds} · {bb}")
     for path in args.sensitivity:
         written += sensitivity_figures(_read(path), out / Path(path).stem)
-    if args.knowledge:
-        for (ds, bb), grp in _read(args.knowledge).groupby(["dataset", "backbone"], sort=False):
-            written += knowledge_figure(grp, out / f"knowledge_{ds}_{bb}", title=f"{ds} · {bb}")
+    if args.retention:
+        for (ds, bb), grp in _read(args.retention).groupby(["dataset", "backbone"], sort=False):
+            written += retention_figure(grp, out / f"retention_{ds}_{bb}", title=f"{ds} · {bb}")
     if args.convergence:
         for (ds, bb), grp in _read(args.convergence).groupby(["dataset", "backbone"], sort=False):
             written += convergence_figure(grp, out / f"convergence_{ds}_{bb}", title=f"{ds} · {bb}")
     if not written:
         raise ValueError("no table given: pass at least one of --main, --efficiency, --conflict, --sensitivity, "
-                         "--knowledge, --convergence")
+                         "--retention, --convergence")
     print(f"figures: {len(written)} files in {out}")
     return written
 
@@ -97,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conflict-summary", help="conflict_summary.csv from aggregate --table conflict")
     p.add_argument("--conflict-layers", help="conflict_layers.csv from aggregate --table conflict")
     p.add_argument("--sensitivity", nargs="*", default=[], help="CSV(s) with param, value, task, metric, mean, std")
-    p.add_argument("--knowledge", help="knowledge.csv from aggregate --table knowledge")
+    p.add_argument("--retention", help="retention.csv from aggregate --table retention")
     p.add_argument("--convergence", help="convergence.csv from aggregate --table convergence")
     p.add_argument("--verbose", action="store_true", help="full tracebacks")
     return p

@@ -5,7 +5,7 @@ Wikipedia articles and factual cloze accuracy (the rules are in gemsbench/retent
   tokens, the method's adapters, ``checkpoint/best.pt``) and writes ``--out`` (default ``RUN_DIR/retention.json``).
 * ``--base``: the plain pre-trained backbone with the dataset's item tokens added as the runs add them (the shared
   ``train.item_init``, seeded with the config's first seed, which matters for ``random`` only), under the shared
-  ``train.precision``; once per (dataset, backbone). Its scores are the "before" of the knowledge table.
+  ``train.precision``; once per (dataset, backbone). Its scores are the "before" of the retention table.
 
 Only LLM methods (those fine-tuning the backbone) have a retention measurement; the others are refused.
 """
