@@ -87,7 +87,7 @@ def build_run(variant: str, fmt: str, steps: int, gap: int, data: Path, cache_ro
     in format ``fmt`` for ``steps`` steps, one validation at the end and no gradient-conflict measurement (it
     is not the method's cost)."""
     from gemsbench.config import method_entry
-    from gemsbench.data.format import load_prepared
+    from gemsbench.data.prepared import load_prepared
     from gemsbench.methods.base import RunContext
     from gemsbench.methods.registry import build_method
 

@@ -1,6 +1,6 @@
 """Publish a finished run of the default DAG as the committed reference results, with its provenance.
 
-    python scripts/publish_reference.py [--results results/default] [--out results/reference]
+    python scripts/publish_reference.py [--results results/<config>] [--out results/published/<config>]
 
 Copies the tables (CSV, Markdown, LaTeX; each must be small) from ``{results}/tables`` to ``{out}/tables`` and
 the resolved config to ``{out}/config.yaml``, and writes
@@ -30,6 +30,8 @@ from pathlib import Path
 
 from gemsbench.atomic import atomic_dir
 
+#: committed runs: results/published/<config>, one folder per config, named as the config's own results/<config>
+PUBLISHED = Path("results/published")
 MAX_BYTES = 2_000_000  # "nothing over a few MB" in the repository
 TABLE_SUFFIXES = (".csv", ".md", ".tex")
 #: benchmark folder -> the named target its jobs belong to (sweep runs are told apart by their run name)
@@ -93,9 +95,11 @@ def jobs(results: Path) -> list[dict]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", type=Path, default=Path("results/default"))
-    p.add_argument("--out", type=Path, default=Path("results/reference"))
+    p.add_argument("--results", type=Path, default=Path("results/default"),
+                   help="a config's results folder, results/<config> (default: results/default)")
+    p.add_argument("--out", type=Path, help=f"where to publish it (default: {PUBLISHED}/<config>)")
     args = p.parse_args(argv)
+    args.out = args.out or PUBLISHED / args.results.name
     tables = args.results / "tables"
     if not tables.is_dir():
         sys.exit(f"error: {tables} does not exist: run the DAG first (`snakemake --cores all`)")

@@ -184,7 +184,7 @@ def test_a_damaged_best_checkpoint_is_reported_with_its_fix(how, synthetic_datas
 def test_damaged_prepared_data_is_reported_with_its_fix(synthetic_dataset, tmp_path):
     import shutil
 
-    from gemsbench.data.format import DataFormatError, load_prepared
+    from gemsbench.data.prepared import PreparedDataError, load_prepared
 
     data = tmp_path / "data"
     shutil.copytree(synthetic_dataset.root, data)
@@ -194,7 +194,7 @@ def test_damaged_prepared_data_is_reported_with_its_fix(synthetic_dataset, tmp_p
         load_prepared(data)
     (data / "meta.json").write_text("{ half")
     (data / "valid.parquet").unlink()
-    with pytest.raises(DataFormatError, match=r"lacks \['valid.parquet'\]: delete the directory"):
+    with pytest.raises(PreparedDataError, match=r"lacks \['valid.parquet'\]: delete the directory"):
         load_prepared(data)
     shutil.copy(synthetic_dataset.root / "valid.parquet", data / "valid.parquet")
     with pytest.raises(DamagedFile, match=f"^{re.escape(str(data / 'meta.json'))} is damaged"):

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from ..backbone import BackboneError
 from ..config import ConfigError, Run, load_config, method_entry, run_train_settings
-from ..data.format import DataFormatError, load_prepared
+from ..data.prepared import PreparedDataError, load_prepared
 from ..methods.base import RunContext
 from ..train import TrainingError
 
 #: errors whose message already names the problem and the fix: printed without a traceback
-USER_ERRORS = (ConfigError, DataFormatError, BackboneError, TrainingError, FileNotFoundError, KeyError, ValueError)
+USER_ERRORS = (ConfigError, PreparedDataError, BackboneError, TrainingError, FileNotFoundError, KeyError, ValueError)
 
 
 def parser(description: str) -> argparse.ArgumentParser:

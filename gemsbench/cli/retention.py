@@ -20,7 +20,7 @@ import torch
 from ..atomic import atomic_write_json
 from ..backbone import add_item_tokens, load_backbone
 from ..config import ConfigError, load_config, method_entry
-from ..data.format import load_prepared
+from ..data.prepared import load_prepared
 from ..methods.base import LLMMethod, RunContext
 from ..methods.registry import build_method, method_class
 from ..retention import RetentionSettings, retention_metrics

@@ -1,7 +1,7 @@
 """Dataset registry: a name in the config -> a function that prepares that dataset.
 
 A preparer has the signature ``prepare(params: dict, out_dir: Path) -> None`` and writes a prepared dataset
-(see :mod:`gemsbench.data.format`). Registering a new dataset needs no change to the harness.
+(see :mod:`gemsbench.data.prepared`). Registering a new dataset needs no change to the harness.
 """
 from __future__ import annotations
 

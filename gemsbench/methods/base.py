@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..data.format import PreparedDataset
+from ..data.prepared import PreparedDataset
 from .hparams import HParam, HParamError
 
 

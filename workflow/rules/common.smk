@@ -5,7 +5,7 @@ import sys
 from snakemake.utils import validate as snakemake_validate
 
 from gemsbench.atomic import atomic_write_text
-from gemsbench.data.format import PREPARED_FILES
+from gemsbench.data.prepared import PREPARED_FILES
 from gemsbench.knowledge import run_knowledge_space
 from gemsbench.config import (
     ConfigError,
