@@ -47,9 +47,8 @@ from torch import nn
 
 from gemsbench.atomic import RETRAIN, DamagedFile, atomic_torch_save, atomic_write_json, read_json, torch_load
 from gemsbench.evaluate import evaluate
-from gemsbench.methods.base import Method, RunContext
+from gemsbench.methods.base import Method, RunContext, register_method
 from gemsbench.methods.hparams import DROPOUT, boolean, integer, number
-from gemsbench.methods.registry import register_method
 from gemsbench.train import resolve_device
 
 PAD, START, FIRST_ITEM = 0, 1, 2  # item-embedding rows: padding, start token, then item i at row i + 2

@@ -88,6 +88,7 @@ def build_run(variant: str, fmt: str, steps: int, gap: int, data: Path, cache_ro
     is not the method's cost)."""
     from gemsbench.config import method_entry
     from gemsbench.data.prepared import load_prepared
+    import gemsbench.train
     from gemsbench.methods.base import RunContext
     from gemsbench.methods.registry import build_method
 
@@ -104,7 +105,8 @@ def build_run(variant: str, fmt: str, steps: int, gap: int, data: Path, cache_ro
              "eval_every": steps, "val_examples": 8, "selection": "last", "checkpoint_every": 0,
              "conflict_every": 0}
     ctx = RunContext(load_prepared(Path(data)), Path(run_dir), seed=42, hparams=method.hparams, train=train,
-                     backbone={**BACKBONE, "cache_root": str(cache_root)}, device=config["device"])
+                     backbone={**BACKBONE, "cache_root": str(cache_root)}, device=config["device"],
+                     loop=gemsbench.train)
     return method, ctx, configured_gap
 
 

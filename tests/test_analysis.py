@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from gemsbench.analysis.registry import MODULES, RUN_INPUTS, TABLES, Table
+from gemsbench.analysis.registry import MODULES, RUN_INPUTS, TABLES
+from gemsbench.analysis.table import Table
 from gemsbench.analysis.render import seeds_phrase
 from gemsbench.cli.aggregate import build_parser, input_arguments, run
 

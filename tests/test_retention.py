@@ -180,15 +180,12 @@ def cli_args(config, data, **kw):
 
 @pytest.mark.parametrize("run", ["lora", "moe_lora"])  # moe_lora: task routing through the cached passes
 def test_retention_json_of_a_trained_run_and_of_the_base(run, synthetic_dataset, tmp_path):
-    from gemsbench.cli.common import run_context
-    from gemsbench.methods.registry import build_method
+    from gemsbench.cli.common import build_run
 
     config_path = tiny_config(tmp_path)
     config = load_config(config_path)
     run_dir = tmp_path / "runs" / run
-    ctx = run_context(config, Run("syn", "tiny", run, 1), str(synthetic_dataset.root), str(run_dir))
-    method = build_method(config["methods"][run]["method"], ctx.hparams)
-    ctx.hparams = method.hparams
+    method, ctx = build_run(config, Run("syn", "tiny", run, 1), str(synthetic_dataset.root), str(run_dir))
     method.fit(ctx)
 
     retention_cli.run(cli_args(config_path, synthetic_dataset.root, run=run, seed=1, run_dir=str(run_dir)))

@@ -17,7 +17,7 @@ from gemsbench.cli.common import config_and_run
 from gemsbench.cli.figures import sensitivity_figures
 from gemsbench.config import (ConfigError, Run, digest, method_entry, run_spec, run_train_settings, runs,
                               sensitivity_runs, sweep_points, sweep_runs, validate)
-from gemsbench.knowledge import run_knowledge_space
+from gemsbench.config import run_knowledge_space
 from gemsbench.methods.registry import method_class
 
 ROOT = Path(__file__).resolve().parent.parent

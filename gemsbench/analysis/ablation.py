@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .registry import Table
+from .table import Table
 from .render import metric_tables, write_csv
 
 #: method -> (multi-subspace decomposition, null-space projection): GEMS and the ablations the paper reports

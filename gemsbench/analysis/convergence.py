@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .registry import Table
+from .table import Table
 from .render import labels as run_labels
 from .render import write_csv, write_text
 

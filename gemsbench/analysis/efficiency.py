@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .registry import Table
+from .table import Table
 from .render import labels as run_labels
 from .render import latex_document, latex_escape, markdown_rows, seeds_phrase, write_csv, write_text
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import SweepPoint, sensitivity_seeds, sweep_points
-from .registry import Table
+from .table import Table
 from .render import PROTOCOL_ORDER, TASK_LABEL, TASK_ORDER, latex_document, latex_escape, seeds_phrase, write_csv
 from .render import write_text
 

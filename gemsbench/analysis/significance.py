@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .registry import Table
+from .table import Table
 from .render import write_csv
 
 log = logging.getLogger(__name__)

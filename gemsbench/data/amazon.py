@@ -45,10 +45,9 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_text
 from .build import add_candidates, compute_stats, densify, filter_min_events_per_task, finish
-from .prepared import SPLITS, TASKS, PreparedDataError, write_prepared
+from .prepared import SPLITS, TASKS, PreparedDataError, register_dataset, write_prepared
 from .rawio import (examples_frame, iter_records, loader_params, mean_history_length,
                     open_text, require_fields, resolve_files, stats_markdown)
-from .registry import register_dataset
 
 log = logging.getLogger(__name__)
 

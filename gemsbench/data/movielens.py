@@ -20,8 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .build import densify, filter_min_events_per_task, finish
-from .prepared import PreparedDataError, write_prepared
-from .registry import register_dataset
+from .prepared import PreparedDataError, register_dataset, write_prepared
 
 DEFAULTS = {"search_share": 0.35, "seed": 42, "max_history": 20, "min_history": 1, "num_negatives": 99,
             "min_events_per_task": 3, "min_rating": 0, "max_users": 0}

@@ -20,12 +20,33 @@ history events to show.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from ..atomic import DamagedFile, atomic_write_json, atomic_write_parquet, read_json
+
+#: a dataset loader: ``prepare(params, out_dir)`` writes a prepared dataset into ``out_dir``
+Preparer = Callable[[dict, Path], None]
+_PREPARERS: dict[str, Preparer] = {}
+
+
+def register_dataset(name: str) -> Callable[[Preparer], Preparer]:
+    """Function decorator: the preparer is the loader ``name`` of configs (``datasets.<name>.loader``); the
+    registry (gemsbench.data.registry) finds it by importing every module of gemsbench.data."""
+    def deco(fn: Preparer) -> Preparer:
+        if name in _PREPARERS and _PREPARERS[name] is not fn:
+            raise ValueError(f"dataset loader {name!r} registered twice")
+        _PREPARERS[name] = fn
+        return fn
+    return deco
+
+
+def registered_preparers() -> dict[str, Preparer]:
+    return dict(_PREPARERS)
+
 
 TASKS = ("rec", "search")
 SPLITS = ("train", "valid", "test")

@@ -56,10 +56,9 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_text
 from .build import add_candidates, assign_loo_splits, compute_stats
-from .prepared import TASKS, PreparedDataError, write_prepared
+from .prepared import TASKS, PreparedDataError, register_dataset, write_prepared
 from .rawio import (examples_frame, loader_params, mean_history_length, require_fields,
                     resolve_files, stats_markdown)
-from .registry import register_dataset
 
 log = logging.getLogger(__name__)
 

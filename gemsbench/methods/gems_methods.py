@@ -66,9 +66,8 @@ from ..knowledge import (KnowledgeSpace, ensure_eigendecompositions, ensure_know
                          layer_type_summary, load_eigendecompositions, null_space_row)
 from ..modeling import resolve_precision
 from ..train import TrainSettings, resolve_device
-from .base import LLMMethod, RunContext, TaskGradients
+from .base import LLMMethod, RunContext, TaskGradients, register_method
 from .hparams import ADAMW_TYPES, boolean, choice, integer, names, number, weights
-from .registry import register_method
 
 log = logging.getLogger(__name__)
 

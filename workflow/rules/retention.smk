@@ -10,7 +10,7 @@ from gemsbench.methods.registry import method_class
 
 # main-grid runs whose method fine-tunes the language model (popularity and the encoders have no LM to measure)
 # on the first `retention.seeds` seeds
-RETENTION_SEEDS = config["seeds"][: config["retention"].get("seeds", 1)]
+RETENTION_SEEDS = config["seeds"][: config["retention"]["seeds"]]  # the schema fills the default
 RETENTION_RUNS = [r for r in RUNS if r.seed in RETENTION_SEEDS
                   and issubclass(method_class(config["methods"][r.run]["method"]), LLMMethod)]
 RETENTION_SPEC = measurement_section(config["retention"])
