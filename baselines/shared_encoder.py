@@ -65,7 +65,7 @@ DEFAULTS = {
     "lr": 1e-3,  # SASRec and UniSAR: Adam, lr 1e-3
     "weight_decay": 0.0,
     "batch_size": 256,
-    "epochs": 3,  # ~1,100 steps on the embedded MovieLens default: about a minute on 2 cores
+    "epochs": 3,  # passes over the training examples (~1,100 steps on the embedded MovieLens default)
     "max_steps": 0,  # > 0 stops training after this many steps
     "eval_batch_size": 1024,
     "log_every": 50,

@@ -106,6 +106,8 @@ if "sensitivity" in TABLE_INPUTS:
             "../envs/gemsbench.yaml"
         input:
             csv=table_path("sensitivity", "sensitivity.csv"),
+            # the base run's seed-to-seed band comes from the main grid's seeds
+            main=table_path("main", "main.csv"),
         output:
             **figure_files(SENSITIVITY_FIGURES, "../report/figure_sensitivity.rst"),
         params:
@@ -113,7 +115,8 @@ if "sensitivity" in TABLE_INPUTS:
         log:
             os.path.join(RESULTS, "logs/figures/sensitivity_figures.log"),
         shell:
-            "python -m gemsbench.cli.figures --out-dir {params.out:q} --sensitivity {input.csv:q} > {log:q} 2>&1"
+            "python -m gemsbench.cli.figures --out-dir {params.out:q} --sensitivity {input.csv:q} "
+            "--sensitivity-main {input.main:q} > {log:q} 2>&1"
 
 
 #: every figure this config draws (PDF and PNG)
