@@ -128,3 +128,17 @@ def test_the_gems_library_imports_nothing_of_the_harness():
     for module, imported in graph.items():
         if module.split(".")[0] == "gems":
             assert all(name.split(".")[0] == "gems" for name in imported), (module, imported)
+
+
+def test_one_atomic_write_implementation():
+    """Renaming a file over another and flushing it to disk happen in gems/atomic.py only: every other writer
+    goes through it (gemsbench.atomic's typed writers, the library's second-moment cache)."""
+    offenders = []
+    for module, path in module_files().items():
+        if module == "gems.atomic":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os" \
+                    and node.attr in ("replace", "rename", "fsync"):
+                offenders.append(f"{module}:{node.lineno} os.{node.attr}")
+    assert not offenders, offenders
