@@ -54,7 +54,8 @@ def collect_retention(retention_paths: list[Path], labels: dict[str, str] | None
         pairs = ", ".join(f"{d}/{b}" for d, b in lacking.itertuples(index=False))
         raise ValueError(f"no base retention JSON for {pairs}: make it with `python -m gemsbench.cli.retention "
                          "--base` (rule retention_base) and pass it with the runs' JSONs")
-    differ = merged[(merged["articles"] != merged["articles_base"]) | (merged["max_tokens"] != merged["max_tokens_base"])]
+    differ = merged[(merged["articles"] != merged["articles_base"])
+                    | (merged["max_tokens"] != merged["max_tokens_base"])]
     if len(differ):
         raise ValueError(f"run {differ['run'].iloc[0]!r} and its base were measured with different retention "
                          "settings; measure both again with the same config")
