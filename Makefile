@@ -1,5 +1,5 @@
 # The two commands of the README. Both create .venv with the pinned dependencies first.
-.PHONY: setup run test dry-run lint bench bench-throughput report report-check reference
+.PHONY: setup run test dry-run lint bench bench-throughput report report-check publish
 
 setup:
 	bash scripts/setup.sh
@@ -28,5 +28,5 @@ report: setup  ## the HTML report of the default run (tables and figures with ca
 report-check: setup  ## open the default report in headless Chromium and check every figure renders
 	. .venv/bin/activate && pip install -q playwright==1.65.2 && python scripts/check_report.py results/default/report.html
 
-reference: setup  ## copy the default run's tables into results/reference with provenance (after `make run`)
-	. .venv/bin/activate && python scripts/publish_reference.py
+publish: setup  ## copy a run's tables into results/published/<config> with provenance (after `make run`; CONFIG=default)
+	. .venv/bin/activate && python scripts/publish_reference.py --results results/$(or $(CONFIG),default)

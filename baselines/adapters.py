@@ -21,7 +21,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from gemsbench.methods.base import LLMMethod
-from gemsbench.methods.llm_baselines import adamw, linear_targets
+
+from .finetune import adamw, linear_targets
 
 
 class ItemRows(nn.Module):
@@ -90,7 +91,7 @@ class AdapterMethod(LLMMethod):
     """Frozen backbone + trainable item rows + an adapter around every targeted projection, trained with AdamW.
 
     Subclasses say how to wrap one linear layer (``wrap``) and set ``defaults`` (which must hold the AdamW keys
-    of :data:`gemsbench.methods.llm_baselines.ADAMW_DEFAULTS`).
+    of :data:`baselines.finetune.ADAMW_DEFAULTS`).
     """
 
     @abstractmethod

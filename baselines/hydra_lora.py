@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gemsbench.methods.base import register_method
 from gemsbench.methods.hparams import ADAMW_TYPES, DROPOUT, integer, number
-from gemsbench.methods.llm_baselines import ADAMW_DEFAULTS
-from gemsbench.methods.registry import register_method
 
 from .adapters import AdaptedLinear, AdapterMethod, replace_linears
+from .finetune import ADAMW_DEFAULTS
 
 
 class HydraLoRALinear(AdaptedLinear):

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from gemsbench.methods.base import TaskGradients
+from gemsbench.methods.base import TaskGradients, register_method
 from gemsbench.methods.hparams import choice
-from gemsbench.methods.llm_baselines import FullFineTune, LoRA
-from gemsbench.methods.registry import register_method
+
+from .finetune import FullFineTune, LoRA
 
 WEIGHTINGS = ("tokens", "equal")
 

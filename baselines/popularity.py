@@ -8,8 +8,7 @@ import pandas as pd
 import torch
 
 from gemsbench.atomic import RETRAIN, atomic_write_json, read_json
-from gemsbench.methods.base import Method, RunContext
-from gemsbench.methods.registry import register_method
+from gemsbench.methods.base import Method, RunContext, register_method
 
 
 class PopularityScorer:

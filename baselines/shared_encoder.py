@@ -47,9 +47,8 @@ from torch import nn
 
 from gemsbench.atomic import RETRAIN, DamagedFile, atomic_torch_save, atomic_write_json, read_json, torch_load
 from gemsbench.evaluate import evaluate
-from gemsbench.methods.base import Method, RunContext
+from gemsbench.methods.base import Method, RunContext, register_method
 from gemsbench.methods.hparams import DROPOUT, boolean, integer, number
-from gemsbench.methods.registry import register_method
 from gemsbench.train import resolve_device
 
 PAD, START, FIRST_ITEM = 0, 1, 2  # item-embedding rows: padding, start token, then item i at row i + 2
@@ -66,7 +65,7 @@ DEFAULTS = {
     "lr": 1e-3,  # SASRec and UniSAR: Adam, lr 1e-3
     "weight_decay": 0.0,
     "batch_size": 256,
-    "epochs": 3,  # ~1,100 steps on the embedded MovieLens default: about a minute on 2 cores
+    "epochs": 3,  # passes over the training examples (~1,100 steps on the embedded MovieLens default)
     "max_steps": 0,  # > 0 stops training after this many steps
     "eval_batch_size": 1024,
     "log_every": 50,

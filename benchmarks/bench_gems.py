@@ -99,7 +99,8 @@ def build_run(variant: str, fmt: str, steps: int, gap: int, data: Path, cache_ro
     is not the method's cost). ``batch`` = (units per pass group, accumulation steps) overrides the config's
     ``batch_size`` and ``grad_accum``."""
     from gemsbench.config import method_entry
-    from gemsbench.data.format import load_prepared
+    from gemsbench.data.prepared import load_prepared
+    import gemsbench.train
     from gemsbench.methods.base import RunContext
     from gemsbench.methods.registry import build_method
 
@@ -118,7 +119,8 @@ def build_run(variant: str, fmt: str, steps: int, gap: int, data: Path, cache_ro
     if batch is not None:
         train.update(batch_size=batch[0], grad_accum=batch[1])
     ctx = RunContext(load_prepared(Path(data)), Path(run_dir), seed=42, hparams=method.hparams, train=train,
-                     backbone={**BACKBONE, "cache_root": str(cache_root)}, device=config["device"])
+                     backbone={**BACKBONE, "cache_root": str(cache_root)}, device=config["device"],
+                     loop=gemsbench.train)
     return method, ctx, configured_gap
 
 

@@ -28,6 +28,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 FeatureSide = Literal["output", "input"]
@@ -329,22 +331,10 @@ def second_moment_key(backbone: str, layer: str, corpus: str, n_samples: int, si
 
 
 def save_second_moments(path: str | os.PathLike, moments: Mapping[str, Tensor]) -> None:
-    """Write ``moments`` (key -> K) to a safetensors file atomically: temp file, flushed to disk, then rename;
-    the temp file is removed whatever happens. (The library writes its own file: it does not depend on the
-    benchmark suite, whose writes go through gemsbench.atomic.)"""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in moments.items()}, str(tmp))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``moments`` (key -> K) to a safetensors file atomically (:mod:`gems.atomic`): a reader finds the old
+    file or the new one, never a part."""
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in moments.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def load_second_moments(path: str | os.PathLike) -> dict[str, Tensor]:

@@ -29,7 +29,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqL
                           LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration)
 
 from .atomic import atomic_dir
-from .config import digest
+from .digest import digest
 from .locks import file_lock
 
 log = logging.getLogger(__name__)

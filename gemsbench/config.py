@@ -7,8 +7,6 @@ whether or not Snakemake runs it.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -16,6 +14,8 @@ from pathlib import Path
 
 import jsonschema
 import yaml
+
+from .digest import digest  # noqa: F401 - part of this module's interface (rules and entry points use it)
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -151,10 +151,6 @@ def run_spec(config: dict, r: Run) -> dict:
     return {"dataset": config["datasets"][r.dataset], "backbone": config["backbones"][r.backbone],
             "method": method, "hparams": hparams,
             "train": run_train_settings(config, r.run), "seed": r.seed}
-
-
-def digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # --- sensitivity sweeps ------------------------------------------------------------------------------------
@@ -319,6 +315,17 @@ def method_entry(config: dict, run: str) -> dict:
         raise ConfigError(f"run {run!r} is neither an entry of the config's `methods` ({sorted(config['methods'])}) "
                           f"nor a sensitivity sweep run ({sorted(sweeps)})")
     return sweeps[run]
+
+
+def run_knowledge_space(config: Mapping, run: str) -> "KnowledgeSpace | None":
+    """The knowledge space a config's run needs before training, or None when its method uses no null space
+    (methods say so with a ``needs_knowledge_space`` class attribute; gemsbench.knowledge.KnowledgeSpace). The
+    DAG's train rule uses it."""
+    from .methods.registry import build_method
+
+    entry = method_entry(config, run)
+    method = build_method(entry["method"], entry.get("hparams", {}))
+    return method.knowledge_space() if getattr(method, "needs_knowledge_space", False) else None
 
 
 def sweep_runs(config: dict) -> list[Run]:

@@ -207,7 +207,7 @@ ATTENTION_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "q", "k", "v", "o")
 def conflict_layers_figure(layers: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
     """Search/rec gradient cosine per block, averaged over the logged steps, the seeds and the targeted matrices
     of the block (attention panel: q/k/v/o; MLP panel: the rest), one line per method. ``layers`` is
-    conflict_layers.csv (tables.collect_layer_conflict)."""
+    conflict_layers.csv (analysis.conflict.collect_layer_conflict)."""
     with matplotlib.rc_context(STYLE):
         if layers.empty or layers["depth"].isna().all():
             fig = _figure(1.0)
@@ -238,17 +238,32 @@ def conflict_layers_figure(layers: pd.DataFrame, stem: Path, title: str = "") ->
         return save(fig, stem)
 
 
-def sensitivity_figure(df: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
-    """Metric against a hyper-parameter's value, one line per task with a ±1 std band over seeds.
+#: hyper-parameters drawn on a logarithmic (base-2) axis whatever their span: sizes and intervals that a sweep
+#: doubles and halves
+LOG2_PARAMS = ("rank", "task_rank", "update_gap")
 
-    ``df`` has columns param, value, task, metric, mean, std; one panel per (param, metric). Numeric values are
-    placed on a numeric axis (logarithmic when positive and spanning two decades or more, e.g. ranks or learning
-    rates); other values (e.g. "input" / "output") are placed as evenly spaced categories in table order.
+
+def sensitivity_figure(df: pd.DataFrame, stem: Path, title: str = "", base_band: pd.DataFrame | None = None
+                       ) -> list[Path]:
+    """Metric against a hyper-parameter's value, one line per task with a ±1 std band over the sweep seeds.
+
+    ``df`` has columns param, value, task, metric, mean, std (and ``base``, True on the base entry's own point);
+    one panel per (param, metric). The base point is drawn as an open marker on a dotted vertical line, so a
+    reader sees where each curve leaves the published setting. ``base_band`` (task, metric, mean, std, seeds:
+    the base run's rows of the main table) adds its seed-to-seed spread over the main grid's seeds as a
+    horizontal band (mean ± std, with two seeds or more): a move within it is no more than seed noise.
+
+    Rank, task rank and update gap are drawn on a base-2 logarithmic axis; other numeric values on a numeric
+    axis (logarithmic when positive and spanning two decades or more); other values (e.g. "input" / "output")
+    as evenly spaced categories in table order. Panels of one metric share their y-range.
     """
     missing = {"param", "value", "task", "metric", "mean", "std"} - set(df.columns)
     if missing:
         raise ValueError(f"sensitivity table lacks columns {sorted(missing)}")
     panels = list(dict.fromkeys(zip(df["param"], df["metric"])))
+    tasks = [t for t in TASK_ORDER if t in set(df["task"])] + sorted(set(df["task"]) - set(TASK_ORDER))
+    band = _band_rows(base_band, tasks)
+    ylims = _shared_ylims(df, band)
     ncols = min(2, len(panels))
     nrows = -(-len(panels) // ncols)
     with matplotlib.rc_context(STYLE):
@@ -262,53 +277,134 @@ def sensitivity_figure(df: pd.DataFrame, stem: Path, title: str = "") -> list[Pa
                 order = list(dict.fromkeys(sub["value"].astype(str)))
                 x_of = {v: i for i, v in enumerate(order)}
                 ax.set_xticks(range(len(order)), order, rotation=30, ha="right")  # labels such as fixed0.25
-            for task in [t for t in TASK_ORDER if t in set(sub["task"])] + sorted(set(sub["task"]) - set(TASK_ORDER)):
+            for task in tasks:
                 t = sub[sub["task"] == task].copy()
+                if t.empty:
+                    continue
                 t["x"] = t["value"].astype(str).map(x_of) if categorical else pd.to_numeric(t["value"])
                 t = t.sort_values("x")
                 colour = TASK_COLOURS.get(task, method_colour(task))
+                if (task, metric) in band:
+                    mean, std = band[(task, metric)]
+                    ax.axhspan(mean - std, mean + std, color=colour, alpha=0.12, lw=0)
                 ax.plot(t["x"], t["mean"], color=colour, marker="o", markersize=2.5, label=TASK_LABEL.get(task, task))
                 ax.fill_between(t["x"], t["mean"] - t["std"], t["mean"] + t["std"], color=colour, alpha=0.2, lw=0)
-            if not categorical and (values > 0).all() and values.max() / values.min() >= 100:
-                ax.set_xscale("log")
+                if "base" in t:
+                    at_base = t[t["base"].astype(str) == "True"]
+                    ax.plot(at_base["x"], at_base["mean"], ls="none", marker="o", markersize=5, mfc="white",
+                            mec=colour, mew=0.8, zorder=3)
+            if "base" in sub:
+                for x in dict.fromkeys(sub.loc[sub["base"].astype(str) == "True", "value"].astype(str)):
+                    ax.axvline(x_of[x] if categorical else float(x), color="0.5", lw=0.6, ls=":")
+            if not categorical and (values > 0).all():
+                if str(param) in LOG2_PARAMS:
+                    ax.set_xscale("log", base=2)
+                    ax.set_xticks(sorted(set(values)), [f"{v:g}" for v in sorted(set(values))])
+                    ax.minorticks_off()
+                elif values.max() / values.min() >= 100:
+                    ax.set_xscale("log")
+            ax.set_ylim(*ylims[metric])
             ax.set_xlabel(str(param))
             ax.set_ylabel(metric_label(str(metric)))
         for ax in axes[len(panels):]:
             ax.set_visible(False)
         handles, labels = axes[0].get_legend_handles_labels()
+        handles.append(Line2D([], [], ls=":", color="0.5", marker="o", markersize=5, mfc="white", mec="0.5"))
+        labels.append("base value")
+        if band:
+            handles.append(Patch(color="0.5", alpha=0.25, lw=0))
+            labels.append(f"base ±1 std, {_band_seeds(base_band)} seeds")
         # the title heads the legend: a suptitle and an outside legend would share the top edge
-        fig.legend(handles, labels, loc="outside upper center", ncol=len(labels), frameon=False,
-                   title=title or None, title_fontsize=8)
+        fig.legend(handles, labels, loc="outside upper center", ncol=2, frameon=False, title=title or None,
+                   title_fontsize=8, handlelength=1.6, columnspacing=1.0)
         return save(fig, stem)
 
 
-def knowledge_figure(summary: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
-    """Knowledge retention per method (rows of knowledge.csv for one dataset and backbone): the relative change
-    of the perplexity on held-out Wikipedia articles and the change of the factual cloze accuracy against the
-    pre-trained backbone, ±1 std over seeds; the zero line is the backbone itself."""
+def _band_rows(base_band: pd.DataFrame | None, tasks: list[str]) -> dict[tuple[str, str], tuple[float, float]]:
+    """(task, metric) -> (mean, std) of the base run over the main grid's seeds; only with two seeds or more."""
+    if base_band is None or base_band.empty:
+        return {}
+    out = {}
+    for _, r in base_band.iterrows():
+        if r["task"] in tasks and int(r["seeds"]) > 1:
+            out[(r["task"], r["metric"])] = (float(r["mean"]), float(r["std"]))
+    return out
+
+
+def _band_seeds(base_band: pd.DataFrame) -> int:
+    return int(base_band["seeds"].max())
+
+
+def _shared_ylims(df: pd.DataFrame, band: dict) -> dict[str, tuple[float, float]]:
+    """One y-range per metric covering every panel's curves, std bands and the base band, with a 5 % margin."""
+    out = {}
+    for metric, sub in df.groupby("metric", sort=False):
+        low = (sub["mean"] - sub["std"]).min()
+        high = (sub["mean"] + sub["std"]).max()
+        for (_, m), (mean, std) in band.items():
+            if m == metric:
+                low, high = min(low, mean - std), max(high, mean + std)
+        pad = 0.05 * (high - low) if high > low else max(abs(high), 1e-3) * 0.05
+        out[metric] = (float(low - pad), float(high + pad))
+    return out
+
+
+def retention_figure(summary: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
+    """Retention of general knowledge per method (rows of retention.csv for one dataset and backbone): the
+    perplexity on held-out Wikipedia articles after fine-tuning relative to the pre-trained backbone's (a ratio
+    on a logarithmic axis: the changes span from a few percent to a thousandfold, and a linear axis would
+    flatten every small one to an invisible bar), and the change of the factual cloze accuracy, ±1 std over
+    seeds; the line at 1× / 0 is the backbone itself."""
     missing = {"run", "label", "seeds", "ppl_rel_change_mean", "ppl_rel_change_std", "cloze_change_mean",
                "cloze_change_std"} - set(summary.columns)
     if missing:
-        raise ValueError(f"knowledge table lacks columns {sorted(missing)}; make it with aggregate --table knowledge")
-    panels = [("ppl_rel_change", "Perplexity change\non held-out text (%)"),
-              ("cloze_change", "Cloze accuracy\nchange (pp)")]
+        raise ValueError(f"retention table lacks columns {sorted(missing)}; make it with aggregate --table retention")
     runs = _runs(summary)
     y = np.arange(len(runs))[::-1]
     with matplotlib.rc_context(STYLE):
         fig = _figure(1.0 + 0.2 * len(runs))  # two-line axis labels
-        axes = fig.subplots(1, 2, sharey=True)
-        for ax, (quantity, xlabel) in zip(axes, panels):
-            ax.axvline(0.0, color="0.5", lw=0.6, ls="--")
-            for yi, (run, _) in zip(y, runs):
-                r = summary[summary["run"] == run].iloc[0]
-                err = 100 * float(r[f"{quantity}_std"]) if int(r["seeds"]) > 1 else 0.0
-                ax.barh(yi, 100 * float(r[f"{quantity}_mean"]), 0.7, xerr=err, color=method_colour(run),
-                        error_kw={"elinewidth": 0.6, "capsize": 1.5})
-            ax.set_xlabel(xlabel)
-        axes[0].set_yticks(y, [label for _, label in runs])
+        ppl_ax, cloze_ax = fig.subplots(1, 2, sharey=True)
+        ppl_ax.axvline(1.0, color="0.5", lw=0.6, ls="--")
+        cloze_ax.axvline(0.0, color="0.5", lw=0.6, ls="--")
+        ratios = []
+        for yi, (run, _) in zip(y, runs):
+            r = summary[summary["run"] == run].iloc[0]
+            several = int(r["seeds"]) > 1
+            ratio = 1.0 + float(r["ppl_rel_change_mean"])  # after / before
+            ratios.append(ratio)
+            err = float(r["ppl_rel_change_std"]) if several else 0.0
+            # a bar from the backbone's 1x to the run's ratio; its error bar clipped to positive ratios
+            ppl_ax.barh(yi, ratio - 1.0, 0.7, left=1.0, color=method_colour(run))
+            if err:
+                ppl_ax.errorbar(ratio, yi, xerr=[[min(err, ratio * 0.99)], [err]], color="0.2", elinewidth=0.6,
+                                capsize=1.5)
+            cerr = 100 * float(r["cloze_change_std"]) if several else 0.0
+            cloze_ax.barh(yi, 100 * float(r["cloze_change_mean"]), 0.7, xerr=cerr, color=method_colour(run),
+                          error_kw={"elinewidth": 0.6, "capsize": 1.5})
+        ppl_ax.set_xscale("log")
+        low, high = min(ratios + [1.0]), max(ratios + [1.0])
+        lo, hi = low / 1.25, high * 1.25
+        ppl_ax.set_xlim(lo, hi)
+        decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+        ticks = [10.0 ** d for d in decades if lo <= 10.0 ** d <= hi]
+        if len(ticks) < 2:  # all within one decade: the ends and the backbone's 1
+            ticks = sorted({round(lo, 2), 1.0, round(hi, 2)})
+        ppl_ax.set_xticks(ticks, [_times(t) for t in ticks])
+        ppl_ax.minorticks_off()
+        ppl_ax.set_xlabel("Perplexity after / before\non held-out text (×, log)")
+        cloze_ax.set_xlabel("Cloze accuracy\nchange (pp)")
+        ppl_ax.set_yticks(y, [label for _, label in runs])
         if title:
             fig.suptitle(title, fontsize=8)
         return save(fig, stem)
+
+
+def _times(value: float) -> str:
+    """A ratio tick, short enough for a narrow panel: 0.9, 1, 1.1, 10, 10², 10³ (the axis label says ×)."""
+    exponent = np.log10(value)
+    if value >= 100 and np.isclose(exponent, round(exponent)):
+        return f"10$^{{{round(exponent)}}}$"
+    return f"{value:.3g}"
 
 
 def convergence_figure(curves: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -57,6 +58,102 @@ class Sequence:
     task: int  # the task of its labels; -1 when they mix tasks
 
 
+class TrainingFormat:
+    """How one training format turns examples into sequences: its training units, how many targets each holds,
+    its training and evaluation sequences, and which backbones it serves. One instance per format
+    (:data:`FORMATS`); the :class:`Encoder` picks it once from ``FormatConfig.name`` and never compares the name
+    again."""
+
+    name: ClassVar[str]
+    #: False when a packed row must hold one task only (a task's subset of a batch is then whole rows)
+    rows_mix_tasks: ClassVar[bool]
+
+    def check_backbone(self, is_encoder_decoder: bool) -> None:
+        """A ValueError naming the fix when the format cannot serve the backbone. Default: every backbone."""
+
+    def training_units(self, enc: "Encoder", train_examples: pd.DataFrame, events: pd.DataFrame) -> list:
+        raise NotImplementedError
+
+    def unit_targets(self, unit) -> int:
+        raise NotImplementedError
+
+    def train_sequence(self, enc: "Encoder", unit) -> Sequence:
+        raise NotImplementedError
+
+    def eval_sequence(self, enc: "Encoder", r) -> Sequence:
+        """One evaluation example: its label sits at the first generated position (target = first target)."""
+        raise NotImplementedError
+
+
+class PromptFormat(TrainingFormat):
+    """One target per example, with the release's templates (every backbone)."""
+
+    name = "prompt"
+    rows_mix_tasks = False
+
+    def training_units(self, enc, train_examples, events):
+        return [r for r in train_examples.itertuples(index=False)]
+
+    def unit_targets(self, unit) -> int:
+        return 1
+
+    def train_sequence(self, enc, unit) -> Sequence:
+        ids, tt = enc.prompt_sequence(unit.task, unit.query, unit.history, unit.history_task)
+        return Sequence(ids, tt, [(len(ids) - 1, int(unit.targets[0]), TASK_ID[unit.task])], TASK_ID[unit.task])
+
+    def eval_sequence(self, enc, r) -> Sequence:
+        ids, tt = enc.prompt_sequence(r.task, r.query, r.history, r.history_task)
+        return Sequence(ids, tt, [(len(ids) - 1, int(r.targets[0]), TASK_ID[r.task])], TASK_ID[r.task])
+
+
+class TimelineFormat(TrainingFormat):
+    """A user's training events as one sequence with the loss at every item position (decoder-only)."""
+
+    name = "timeline"
+    rows_mix_tasks = True
+
+    def check_backbone(self, is_encoder_decoder: bool) -> None:
+        if is_encoder_decoder:
+            raise ValueError("the timeline format needs a decoder-only backbone; use format: prompt for T5")
+
+    def training_units(self, enc, train_examples, events):
+        """Windows of ``max_history`` events over each user's training events, cut from the end so every event
+        after a window's first is a target once."""
+        units = []
+        w = enc.cfg.max_history
+        train = events[events["split"] == "train"]
+        for _, grp in train.groupby("user", sort=True):
+            it, ta, qu = grp["item"].to_numpy(), grp["task"].to_numpy(), grp["query"].to_numpy()
+            end = len(it)
+            while end > 1:
+                start = max(0, end - w)
+                units.append((it[start:end], ta[start:end], qu[start:end]))
+                end = start + 1  # the next window's last event is this window's first (context only here)
+        return units
+
+    def unit_targets(self, unit) -> int:
+        return len(unit[0]) - 1
+
+    def train_sequence(self, enc, unit) -> Sequence:
+        items, tasks, queries = unit
+        ids, tt, lab = enc.timeline_sequence(items, tasks, queries, n_targets=len(items) - 1)
+        kinds = {t for _, _, t in lab}
+        return Sequence(ids, tt, lab, kinds.pop() if len(kinds) == 1 else -1)
+
+    def eval_sequence(self, enc, r) -> Sequence:
+        keep = enc.cfg.max_history - 1
+        items = list(r.history)[-keep:] + [int(r.targets[0])] if keep > 0 else [int(r.targets[0])]
+        tasks = list(r.history_task)[-keep:] + [r.task] if keep > 0 else [r.task]
+        queries = list(r.history_query)[-keep:] + [r.query] if keep > 0 else [r.query]
+        ids, tt, lab = enc.timeline_sequence(items, tasks, queries, n_targets=1)
+        ids, tt = ids[:-1], tt[:-1]  # drop the target token itself
+        return Sequence(ids, tt, [(lab[0][0], int(r.targets[0]), TASK_ID[r.task])], TASK_ID[r.task])
+
+
+#: format name (``train.format``) -> its strategy
+FORMATS: dict[str, TrainingFormat] = {f.name: f for f in (PromptFormat(), TimelineFormat())}
+
+
 @dataclass
 class FormatConfig:
     name: str = "timeline"  # prompt | timeline
@@ -69,8 +166,8 @@ class FormatConfig:
     timeline_rec: str = ""  # written before a recommendation event's item
 
     def __post_init__(self):
-        if self.name not in ("prompt", "timeline"):
-            raise ValueError(f"unknown training format {self.name!r}; use prompt or timeline")
+        if self.name not in FORMATS:
+            raise ValueError(f"unknown training format {self.name!r}; use one of {sorted(FORMATS)}")
         if self.rec_history not in ("rec_only", "all"):
             raise ValueError(f"rec_history must be rec_only or all, not {self.rec_history!r}")
         for task in TASK_ID:
@@ -85,8 +182,8 @@ class Encoder:
 
     def __init__(self, tokenizer, item_token_ids: list[int], is_encoder_decoder: bool, cfg: FormatConfig,
                  decoder_start_token_id: int | None = None, pack_length: int = 0):
-        if cfg.name == "timeline" and is_encoder_decoder:
-            raise ValueError("the timeline format needs a decoder-only backbone; use format: prompt for T5")
+        self.format = FORMATS[cfg.name]
+        self.format.check_backbone(is_encoder_decoder)
         self.tok = tokenizer
         self.items = item_token_ids
         self.enc_dec = is_encoder_decoder
@@ -152,50 +249,21 @@ class Encoder:
             token_task.append(TASK_ID[task])
         return ids, token_task, labels
 
-    # --- training units --------------------------------------------------------------------------
+    # --- training units (the format decides) ------------------------------------------------------
     def training_units(self, train_examples: pd.DataFrame, events: pd.DataFrame) -> list:
         """Prompt: one unit per training example. Timeline: windows of ``max_history`` events over each
         user's training events, cut from the end so every event after a window's first is a target once."""
-        if self.cfg.name == "prompt":
-            return [r for r in train_examples.itertuples(index=False)]
-        units = []
-        w = self.cfg.max_history
-        train = events[events["split"] == "train"]
-        for _, grp in train.groupby("user", sort=True):
-            it, ta, qu = grp["item"].to_numpy(), grp["task"].to_numpy(), grp["query"].to_numpy()
-            end = len(it)
-            while end > 1:
-                start = max(0, end - w)
-                units.append((it[start:end], ta[start:end], qu[start:end]))
-                end = start + 1  # the next window's last event is this window's first (context only here)
-        return units
+        return self.format.training_units(self, train_examples, events)
 
     def unit_targets(self, unit) -> int:
-        return 1 if self.cfg.name == "prompt" else len(unit[0]) - 1
+        return self.format.unit_targets(unit)
 
     def train_sequence(self, unit) -> Sequence:
-        if self.cfg.name == "prompt":
-            ids, tt = self.prompt_sequence(unit.task, unit.query, unit.history, unit.history_task)
-            return Sequence(ids, tt, [(len(ids) - 1, int(unit.targets[0]), TASK_ID[unit.task])], TASK_ID[unit.task])
-        items, tasks, queries = unit
-        ids, tt, lab = self.timeline_sequence(items, tasks, queries, n_targets=len(items) - 1)
-        kinds = {t for _, _, t in lab}
-        return Sequence(ids, tt, lab, kinds.pop() if len(kinds) == 1 else -1)
+        return self.format.train_sequence(self, unit)
 
     def eval_sequence(self, r) -> Sequence:
         """One evaluation example: its label sits at the first generated position (target = first target)."""
-        if self.cfg.name == "prompt":
-            ids, tt = self.prompt_sequence(r.task, r.query, r.history, r.history_task)
-            pos = len(ids) - 1
-        else:
-            keep = self.cfg.max_history - 1
-            items = list(r.history)[-keep:] + [int(r.targets[0])] if keep > 0 else [int(r.targets[0])]
-            tasks = list(r.history_task)[-keep:] + [r.task] if keep > 0 else [r.task]
-            queries = list(r.history_query)[-keep:] + [r.query] if keep > 0 else [r.query]
-            ids, tt, lab = self.timeline_sequence(items, tasks, queries, n_targets=1)
-            ids, tt = ids[:-1], tt[:-1]  # drop the target token itself
-            pos = lab[0][0]
-        return Sequence(ids, tt, [(pos, int(r.targets[0]), TASK_ID[r.task])], TASK_ID[r.task])
+        return self.format.eval_sequence(self, r)
 
     # --- batches -----------------------------------------------------------------------------------
     @property
@@ -235,7 +303,7 @@ class Encoder:
             return out
         width = max(self.pack_length, max(len(s.ids) for s in seqs))
         # prompt rows hold one task each, so a row's task subset is whole rows (subset_batch)
-        groups = sorted({s.task for s in seqs}) if self.cfg.name == "prompt" else [None]
+        groups = [None] if self.format.rows_mix_tasks else sorted({s.task for s in seqs})
         rows = [row for g in groups for row in pack_rows(
             [(i, len(s.ids)) for i, s in enumerate(seqs) if g is None or s.task == g], width)]
         per_pass = max(1, batch_tokens // width)

@@ -34,7 +34,7 @@ from gems.nullspace import FEATURE_SIDES
 
 from .atomic import DamagedFile, atomic_write
 from .backbone import Backbone, load_backbone
-from .config import digest
+from .digest import digest
 from .corpus import CORPORA, batch_chunks, corpus_articles, tokenize_chunks
 from .modeling import sequence_hidden
 from .specials import SpecialTokens
@@ -292,14 +292,3 @@ def layer_type_summary(rows: Iterable[Mapping]) -> list[dict]:
                         "empty_layers": sum(r["null_dim"] == 0 for r in members),
                         "fallback_layers": sum(bool(r["fallback_used"]) for r in members)})
     return summary
-
-
-def run_knowledge_space(config: Mapping, run: str) -> KnowledgeSpace | None:
-    """The knowledge space a config's run needs before training, or None when its method uses no null space
-    (methods say so with a ``needs_knowledge_space`` class attribute). The DAG's train rule uses it."""
-    from .config import method_entry
-    from .methods.registry import build_method
-
-    entry = method_entry(config, run)
-    method = build_method(entry["method"], entry.get("hparams", {}))
-    return method.knowledge_space() if getattr(method, "needs_knowledge_space", False) else None

@@ -1,6 +1,6 @@
 """Publish a finished run of the default DAG as the committed reference results, with its provenance.
 
-    python scripts/publish_reference.py [--results results/default] [--out results/reference]
+    python scripts/publish_reference.py [--results results/<config>] [--out results/published/<config>]
 
 Copies the tables (CSV, Markdown, LaTeX; each must be small) from ``{results}/tables`` to ``{out}/tables`` and
 the resolved config to ``{out}/config.yaml``, and writes
@@ -30,11 +30,13 @@ from pathlib import Path
 
 from gemsbench.atomic import atomic_dir
 
+#: committed runs: results/published/<config>, one folder per config, named as the config's own results/<config>
+PUBLISHED = Path("results/published")
 MAX_BYTES = 2_000_000  # "nothing over a few MB" in the repository
 TABLE_SUFFIXES = (".csv", ".md", ".tex")
 #: benchmark folder -> the named target its jobs belong to (sweep runs are told apart by their run name)
-STAGE_TARGET = {"train": "main_table", "evaluate": "main_table", "retention": "knowledge",
-                "retention_base": "knowledge", "knowledge_space": "main_table"}
+STAGE_TARGET = {"train": "main_table", "evaluate": "main_table", "retention": "retention",
+                "retention_base": "retention", "knowledge_space": "main_table"}
 SWEEP_MARK = "~"  # sensitivity runs are named {base}~{param}-{value}
 
 
@@ -93,9 +95,11 @@ def jobs(results: Path) -> list[dict]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", type=Path, default=Path("results/default"))
-    p.add_argument("--out", type=Path, default=Path("results/reference"))
+    p.add_argument("--results", type=Path, default=Path("results/default"),
+                   help="a config's results folder, results/<config> (default: results/default)")
+    p.add_argument("--out", type=Path, help=f"where to publish it (default: {PUBLISHED}/<config>)")
     args = p.parse_args(argv)
+    args.out = args.out or PUBLISHED / args.results.name
     tables = args.results / "tables"
     if not tables.is_dir():
         sys.exit(f"error: {tables} does not exist: run the DAG first (`snakemake --cores all`)")
@@ -120,7 +124,7 @@ def main(argv=None) -> None:
         "note": ("Wall seconds per target sum the benchmarked jobs of that target (snakemake benchmark files; "
                  "aggregation and figure rules take seconds and are not benchmarked). main_table: data, "
                  "backbone cache, knowledge space, training and evaluation of the main grid; sensitivity: the "
-                 "sweep runs; knowledge: the retention evaluations. jobs.csv has every job."),
+                 "sweep runs; retention: the retention measurements. jobs.csv has every job."),
     }
     with atomic_dir(out) as staging:
         (staging / "tables").mkdir()

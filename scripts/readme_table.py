@@ -1,6 +1,6 @@
 """Print the README's one-seed result table of a published run from its tables (nothing typed by hand).
 
-    python scripts/readme_table.py results/default_run/tables
+    python scripts/readme_table.py results/published/default/tables
 
 Columns: sampled NDCG@10 / HR@10 of each task (NDCG with the significance marker the pipeline wrote against
 GEMS), full-protocol NDCG@10 of each task, seconds per training step and training targets per second
@@ -53,10 +53,10 @@ def table(tables: Path) -> str:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("tables", type=Path, help="a published run's tables folder, e.g. results/default_run/tables")
+    p.add_argument("tables", type=Path, help="a published run's tables folder, e.g. results/published/default/tables")
     args = p.parse_args()
     missing = [n for n in ("main.csv", "efficiency.csv") if not (args.tables / n).exists()]
     if missing:
         sys.exit(f"error: {args.tables} has no {', '.join(missing)}; pass a published run's tables folder "
-                 "(results/default_run/tables)")
+                 "(results/published/default/tables)")
     sys.stdout.write(table(args.tables))

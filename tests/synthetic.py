@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from gemsbench.data.build import finish
-from gemsbench.data.format import load_prepared, write_prepared
+from gemsbench.data.prepared import load_prepared, write_prepared
 
 WORDS = ["red", "blue", "green", "fast", "slow", "old", "new", "big"]
 

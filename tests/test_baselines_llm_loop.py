@@ -7,6 +7,7 @@ import torch
 from baselines.hydra_lora import HydraLoRAMethod
 from baselines.moe_lora import MoELoRAMethod
 from baselines.pcgrad import PCGradFullFineTune, PCGradLoRA
+import gemsbench.train
 from gemsbench.methods.base import RunContext
 
 TRAIN = {"max_steps": 3, "batch_size": 4, "eval_every": 3, "val_examples": 4, "precision": "fp32"}
@@ -22,7 +23,7 @@ TRAIN = {"max_steps": 3, "batch_size": 4, "eval_every": 3, "val_examples": 4, "p
 def test_method_trains_and_scores_in_the_loop(cls, fmt, source, synthetic_dataset, tmp_path):
     method = cls()
     ctx = RunContext(synthetic_dataset, tmp_path, seed=1, hparams=method.hparams, train={**TRAIN, "format": fmt},
-                     backbone={"source": source})
+                     backbone={"source": source}, loop=gemsbench.train)
     summary = method.fit(ctx)
     assert summary["steps"] == 3
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]

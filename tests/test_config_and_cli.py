@@ -22,6 +22,20 @@ def test_shipped_configs_validate():
         assert runs(cfg)
 
 
+def test_every_config_writes_results_of_its_own_name():
+    """A config config/<name>.yaml writes results/<name>/ (overlays, which set no results_dir, excepted) and its
+    paper figures inside it; committed runs live under results/published/<name>/ only."""
+    for path in sorted((ROOT / "config").glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        if "results_dir" not in cfg:
+            assert "methods" not in cfg, f"{path.name} is a full config without results_dir"
+            continue
+        assert cfg["results_dir"] == f"results/{path.stem}", path.name
+        assert cfg.get("paper_figures_dir", f"results/{path.stem}/").startswith(f"results/{path.stem}/"), path.name
+    published = sorted(p.name for p in (ROOT / "results" / "published").iterdir())
+    assert published and all((ROOT / "config" / f"{name}.yaml").exists() for name in published)
+
+
 def test_defaults_are_filled():
     cfg = validate(base_config())
     assert cfg["evaluate"]["ks"] == [1, 5, 10, 20, 50]
@@ -86,10 +100,10 @@ def test_evaluating_an_untrained_run_is_a_clear_error(tmp_path, synthetic_datase
 
 
 def test_malformed_examples_are_reported_with_their_row(synthetic_dataset):
-    from gemsbench.data.format import DataFormatError, validate_examples
+    from gemsbench.data.prepared import PreparedDataError, validate_examples
     bad = synthetic_dataset.splits["test"].copy()
     bad.at[bad.index[2], "targets"] = [10_000]
-    with pytest.raises(DataFormatError, match="test example 2: item id out of range"):
+    with pytest.raises(PreparedDataError, match="test example 2: item id out of range"):
         validate_examples(bad, synthetic_dataset.n_items, "test")
 
 

@@ -35,7 +35,7 @@ def test_main_table_is_made(dag_run):
     assert set(table["task"]) == {"rec", "search"} and set(table["protocol"]) == {"sampled", "full"}
     md = (res / "tables" / "main.md").read_text()
     assert "sampled protocol" in md and "full protocol" in md
-    assert "main table: results/test/tables/main.md" in (res / "logs" / "aggregate" / "main_table.log").read_text()
+    assert "main table: results/test/tables/main.md" in (res / "logs" / "tables" / "main.log").read_text()
 
 
 def test_every_run_keeps_per_example_rows_and_logs(dag_run):
@@ -95,8 +95,8 @@ def test_a_deleted_or_replaced_data_file_redoes_what_read_it(dag_run):
     finally:
         replaced.write_bytes(content)
         os.utime(replaced, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert {"prepare_data", "train", "evaluate", "retention", "retention_base", "main_table"} <= deleted_plan
-    assert {"train", "evaluate", "retention", "retention_base", "main_table"} <= replaced_plan
+    assert {"prepare_data", "train", "evaluate", "retention_run", "retention_base", "main_table"} <= deleted_plan
+    assert {"train", "evaluate", "retention_run", "retention_base", "main_table"} <= replaced_plan
     assert "prepare_data" not in replaced_plan
 
 
@@ -106,14 +106,14 @@ def test_retention_measures_only_the_first_retention_seeds_seeds(tmp_path):
     cfg["retention"]["seeds"] = 1
     path = tmp_path / "two_seeds.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    r = snakemake(tmp_path, "-n", "knowledge", configfile=path)
+    r = snakemake(tmp_path, "-n", "retention", configfile=path)
     assert r.returncode == 0, r.stderr[-2000:]
     jobs = [line for line in (r.stdout + r.stderr).splitlines() if "output:" in line and "retention.json" in line]
     llm_runs = [name for name, spec in cfg["methods"].items() if spec["method"] != "popularity"]
     assert len(jobs) == len(llm_runs) and all("/seed1/" in line for line in jobs)
 
 
-TARGETS = ["main_table", "ablation", "sensitivity", "conflict", "convergence", "knowledge", "efficiency", "figures",
+TARGETS = ["main_table", "ablation", "sensitivity", "conflict", "convergence", "retention", "efficiency", "figures",
            "report"]
 
 
@@ -122,14 +122,14 @@ def test_all_makes_every_named_target(dag_run):
     r = snakemake(work, "-n", *TARGETS)  # one dry run of every named target: each one is already complete
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-2000:]
     res = work / "results" / "test"
-    for name in ("main", "ablation", "efficiency", "knowledge", "sensitivity"):
+    for name in ("main", "ablation", "efficiency", "retention", "sensitivity"):
         for ext in ("csv", "md", "tex"):
             assert (res / "tables" / f"{name}.{ext}").stat().st_size > 0, (name, ext)
     for name in ("significance.csv", "conflict.csv", "conflict_summary.csv", "conflict_layers.csv", "conflict.md",
                  "convergence.csv", "convergence_summary.csv", "convergence.md"):
         assert (res / "tables" / name).stat().st_size > 0, name
     stems = ["main_ml100k_tiny_llama_sampled", "main_ml100k_tiny_llama_full", "efficiency_ml100k_tiny_llama",
-             "conflict_ml100k_tiny_llama", "conflict_layers_ml100k_tiny_llama", "knowledge_ml100k_tiny_llama",
+             "conflict_ml100k_tiny_llama", "conflict_layers_ml100k_tiny_llama", "retention_ml100k_tiny_llama",
              "sensitivity_ml100k_tiny_llama", "convergence_ml100k_tiny_llama"]
     drawn = sorted(p.name for p in (res / "figures").iterdir())
     assert drawn == sorted(f"{s}.{e}" for s in stems for e in ("pdf", "png"))
@@ -148,7 +148,7 @@ def test_figures_are_redrawn_from_saved_tables_without_retraining(dag_run):
     r = snakemake(work, "--cores", "2", "figures")
     assert r.returncode == 0, r.stderr[-3000:]
     ran = set(re.findall(r"^(?:local)?rule (\w+):", r.stdout + r.stderr, flags=re.M))
-    assert ran and ran <= {"analysis_figures", "knowledge_figures", "sensitivity_figures", "convergence_figures",
+    assert ran and ran <= {"analysis_figures", "retention_figures", "sensitivity_figures", "convergence_figures",
                            "publish_figure", "figures"}, ran
     assert len(list((res / "paper_figures").iterdir())) == 16
 

@@ -23,7 +23,7 @@ import pytest
 from fixtures_paper import (AMAZON_REVIEWS, amazon_raw_interactions, check_candidates, unisar_interactions,
                             write_amazon_raw_fixture, write_amazon_unisar_fixture)
 from gemsbench.data import amazon
-from gemsbench.data.format import DataFormatError, load_prepared
+from gemsbench.data.prepared import PreparedDataError, load_prepared
 from gemsbench.data.registry import get_preparer
 
 R, S = "rec", "search"
@@ -145,14 +145,14 @@ def test_parse_keyword(value, parsed):
 
 def test_unisar_word_ids_need_a_complete_vocabulary(unisar, tmp_path):
     params, _ = unisar
-    with pytest.raises(DataFormatError, match=r"src_\w+\.pkl: column `keyword` holds word ids.*vocab_path"):
+    with pytest.raises(PreparedDataError, match=r"src_\w+\.pkl: column `keyword` holds word ids.*vocab_path"):
         prepare("amazon_unisar", {k: v for k, v in params.items() if k != "vocab_path"}, tmp_path / "a")
     vocab = tmp_path / "vocab.tsv"
     vocab.write_text("1\tkindle\n2\tstore\n")
-    with pytest.raises(DataFormatError, match=r"vocab.tsv: no word for word id\(s\) \[3, 4, 5"):
+    with pytest.raises(PreparedDataError, match=r"vocab.tsv: no word for word id\(s\) \[3, 4, 5"):
         prepare("amazon_unisar", {**params, "vocab_path": str(vocab)}, tmp_path / "b")
     vocab.write_text("kindle\nstore\n")
-    with pytest.raises(DataFormatError, match=r"vocab.tsv:1: expected `word_id<TAB>word`"):
+    with pytest.raises(PreparedDataError, match=r"vocab.tsv:1: expected `word_id<TAB>word`"):
         prepare("amazon_unisar", {**params, "vocab_path": str(vocab)}, tmp_path / "c")
 
 
@@ -160,10 +160,10 @@ def test_unisar_missing_file_or_column(tmp_path):
     params = write_amazon_unisar_fixture(tmp_path / "raw")
     frame = pd.read_pickle(tmp_path / "raw/rec_test.pkl")
     frame.drop(columns="all_his").to_pickle(tmp_path / "raw/rec_test.pkl")
-    with pytest.raises(DataFormatError, match=r"rec_test.pkl: field\(s\) \['all_his'\] missing.*UniSAR"):
+    with pytest.raises(PreparedDataError, match=r"rec_test.pkl: field\(s\) \['all_his'\] missing.*UniSAR"):
         prepare("amazon_unisar", params, tmp_path / "a")
     (tmp_path / "raw/src_val.pkl").unlink()
-    with pytest.raises(DataFormatError, match=r"src_val.pkl: file not found.*github.com/TengShi-RUC/UniSAR"):
+    with pytest.raises(PreparedDataError, match=r"src_val.pkl: file not found.*github.com/TengShi-RUC/UniSAR"):
         prepare("amazon_unisar", params, tmp_path / "b")
 
 
@@ -271,11 +271,11 @@ def _write_gz(path, lines):
 def test_raw_broken_files_name_file_field_and_source(tmp_path, breakage, message):
     params = write_amazon_raw_fixture(tmp_path / "raw")
     breakage(tmp_path / "raw")
-    with pytest.raises(DataFormatError, match=message) as err:
+    with pytest.raises(PreparedDataError, match=message) as err:
         prepare("amazon_raw", params, tmp_path / "out")
     assert "jmcauley.ucsd.edu" in str(err.value)
 
 
 def test_raw_bad_search_share(raw2014, tmp_path):
-    with pytest.raises(DataFormatError, match="search_share"):
+    with pytest.raises(PreparedDataError, match="search_share"):
         prepare("amazon_raw", {**raw2014[0], "search_share": 1.5}, tmp_path / "out")

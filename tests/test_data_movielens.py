@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from gemsbench.data import movielens
-from gemsbench.data.format import DataFormatError, load_prepared
+from gemsbench.data.prepared import PreparedDataError, load_prepared
 from gemsbench.data.registry import get_preparer
 
 
@@ -75,10 +75,10 @@ def test_preparation_is_deterministic(ml, tmp_path):
 
 def test_missing_package_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(DataFormatError, match="pip install --no-deps recbole==1.2.1"):
+    with pytest.raises(PreparedDataError, match="pip install --no-deps recbole==1.2.1"):
         get_preparer("movielens")({}, tmp_path)
 
 
 def test_unknown_parameter_is_a_clear_error(tmp_path):
-    with pytest.raises(DataFormatError, match="unknown movielens parameter"):
+    with pytest.raises(PreparedDataError, match="unknown movielens parameter"):
         get_preparer("movielens")({"serch_share": 0.3}, tmp_path)

@@ -15,7 +15,7 @@ from fixtures_paper import (QILIN_QUIRKS, QILIN_REQUESTS, amazon_raw_interaction
                             write_amazon_unisar_fixture, write_qilin_fixture)
 from gemsbench.data import movielens
 from gemsbench.data.build import sample_negatives
-from gemsbench.data.format import load_prepared
+from gemsbench.data.prepared import load_prepared
 from gemsbench.data.rawio import examples_frame
 from gemsbench.data.registry import get_preparer
 

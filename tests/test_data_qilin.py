@@ -21,7 +21,7 @@ import pytest
 
 from fixtures_paper import QILIN_QUIRKS, QILIN_REQUESTS, check_candidates, qilin_interactions, write_qilin_fixture
 from gemsbench.data import qilin
-from gemsbench.data.format import DataFormatError, load_prepared
+from gemsbench.data.prepared import PreparedDataError, load_prepared
 from gemsbench.data.registry import get_preparer
 
 ITEMS = [*range(100, 108), 110, 111, *range(113, 117), *range(120, 128)]
@@ -251,16 +251,16 @@ def test_broken_raw_files_name_file_field_and_source(raw, tmp_path, breakage, me
     root = tmp_path / "raw"
     shutil.copytree(raw[0], root)
     breakage(root)
-    with pytest.raises(DataFormatError, match=message) as err:
+    with pytest.raises(PreparedDataError, match=message) as err:
         prepare({**raw[1], "root": str(root)}, tmp_path / "out")
     assert "huggingface.co/datasets/THUIR/Qilin" in str(err.value) and str(root) in str(err.value)
     assert not (tmp_path / "out" / "stats.json").exists()
 
 
 def test_bad_parameters_are_rejected(raw, tmp_path):
-    with pytest.raises(DataFormatError, match="max_hist"):
+    with pytest.raises(PreparedDataError, match="max_hist"):
         prepare({**raw[1], "max_hist": 5}, tmp_path / "a")
-    with pytest.raises(DataFormatError, match="history_order"):
+    with pytest.raises(PreparedDataError, match="history_order"):
         prepare({**raw[1], "history_order": "latest"}, tmp_path / "b")
-    with pytest.raises(DataFormatError, match="no request survives the filters"):
+    with pytest.raises(PreparedDataError, match="no request survives the filters"):
         prepare({**raw[1], "min_requests_per_task": 5}, tmp_path / "c")

@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+import gemsbench.train
 from gemsbench.atomic import DamagedFile, atomic_dir, atomic_write, atomic_write_text
 from gemsbench.methods.base import RunContext
 from gemsbench.methods.registry import build_method, method_class
@@ -30,7 +31,7 @@ TRAIN = {"max_steps": 6, "batch_size": 4, "eval_every": 3, "checkpoint_every": 1
 
 def context(ds, run_dir, seed=5, backbone=None, hparams=None, **train):
     return RunContext(ds, run_dir, seed=seed, hparams=hparams or {"lr": 1e-3}, train={**TRAIN, **train},
-                      backbone=backbone or {"source": "tiny_llama"})
+                      backbone=backbone or {"source": "tiny_llama"}, loop=gemsbench.train)
 
 
 def trainable(loop: Loop) -> dict[str, torch.Tensor]:
@@ -184,7 +185,7 @@ def test_a_damaged_best_checkpoint_is_reported_with_its_fix(how, synthetic_datas
 def test_damaged_prepared_data_is_reported_with_its_fix(synthetic_dataset, tmp_path):
     import shutil
 
-    from gemsbench.data.format import DataFormatError, load_prepared
+    from gemsbench.data.prepared import PreparedDataError, load_prepared
 
     data = tmp_path / "data"
     shutil.copytree(synthetic_dataset.root, data)
@@ -194,7 +195,7 @@ def test_damaged_prepared_data_is_reported_with_its_fix(synthetic_dataset, tmp_p
         load_prepared(data)
     (data / "meta.json").write_text("{ half")
     (data / "valid.parquet").unlink()
-    with pytest.raises(DataFormatError, match=r"lacks \['valid.parquet'\]: delete the directory"):
+    with pytest.raises(PreparedDataError, match=r"lacks \['valid.parquet'\]: delete the directory"):
         load_prepared(data)
     shutil.copy(synthetic_dataset.root / "valid.parquet", data / "valid.parquet")
     with pytest.raises(DamagedFile, match=f"^{re.escape(str(data / 'meta.json'))} is damaged"):
@@ -321,14 +322,12 @@ def running(pid: int) -> bool:
 
 def test_kill_9_mid_training_then_resume_ends_bit_identical(synthetic_dataset, tmp_path):
     from gemsbench.config import Run, load_config
-    from gemsbench.cli.common import run_context
+    from gemsbench.cli.common import build_run
 
     config = cli_config(tmp_path, max_steps=40, checkpoint_every=2, eval_every=40, selection="last")
-    reference_ctx = run_context(load_config(config), Run("ml100k", "tiny_llama", "full_ft", 1),
-                                str(synthetic_dataset.root), str(tmp_path / "reference"))
+    method, reference_ctx = build_run(load_config(config), Run("ml100k", "tiny_llama", "full_ft", 1),
+                                      str(synthetic_dataset.root), str(tmp_path / "reference"))
     torch.manual_seed(1)
-    method = build_method("full_ft", reference_ctx.hparams)
-    reference_ctx.hparams = method.hparams
     method.fit(reference_ctx)
 
     run_dir = tmp_path / "killed"

@@ -12,15 +12,17 @@ from matplotlib.image import imread
 
 from gemsbench.cli.figures import run as draw
 from gemsbench.figures import COLUMN_WIDTH_IN, METHOD_COLOURS, PNG_DPI, method_colour
-from gemsbench.tables import (ablation_summary, collect_conflict, collect_efficiency, collect_layer_conflict,
-                              conflict_markdown, efficiency_markdown, efficiency_summary)
+from gemsbench.analysis.ablation import ablation_summary
+from gemsbench.analysis.conflict import collect_conflict, collect_layer_conflict, conflict_markdown
+from gemsbench.analysis.efficiency import collect_efficiency, efficiency_markdown, efficiency_summary
 
 RUNS = [("gems", "GEMS", "gems"), ("lora", "LoRA", "lora"), ("popularity", "Popularity", "popularity")]
 
 
 def figure_args(out_dir, **csvs):
     defaults = {"metric": "ndcg@10", "main": None, "efficiency": None, "conflict": None, "conflict_summary": None,
-                "conflict_layers": None, "knowledge": None, "convergence": None, "sensitivity": []}
+                "conflict_layers": None, "retention": None, "convergence": None, "sensitivity": [],
+                "sensitivity_main": None}
     return argparse.Namespace(out_dir=str(out_dir), **{**defaults, **csvs})
 
 
@@ -178,3 +180,44 @@ def test_ablation_rows_name_the_components_each_keeps():
                                   "GEMS_NO_MSD (MSD no, NSP yes)", "GALORE (MSD no, NSP no)"]
     with pytest.raises(ValueError, match="needs GEMS and its ablations"):
         ablation_summary(summary[summary["method"] == "lora"])
+
+
+def test_sensitivity_panels_of_one_metric_share_a_y_range_that_holds_the_base_band():
+    from gemsbench.figures import _band_rows, _shared_ylims
+
+    sweep = pd.DataFrame({"param": ["rank", "rank", "scale", "scale"], "value": ["4", "8", "1", "2"],
+                          "task": "rec", "metric": "ndcg@10", "mean": [0.2, 0.3, 0.25, 0.5],
+                          "std": [0.0, 0.1, 0.0, 0.0]})
+    band = _band_rows(pd.DataFrame({"task": ["rec", "search"], "metric": "ndcg@10", "mean": [0.1, 0.9],
+                                    "std": [0.05, 0.01], "seeds": [3, 3]}), ["rec"])
+    assert band == {("rec", "ndcg@10"): (0.1, 0.05)}  # the search rows belong to no drawn task
+    low, high = _shared_ylims(sweep, band)["ndcg@10"]
+    assert low < 0.05 and high > 0.5 and high - low < 0.5  # base band (0.05) to the highest curve (0.5), 5 % margin
+    one_seed = pd.DataFrame({"task": ["rec"], "metric": "ndcg@10", "mean": [0.1], "std": [0.0], "seeds": [1]})
+    assert _band_rows(one_seed, ["rec"]) == {}  # one seed has no spread to show
+
+
+def test_sensitivity_figure_draws_the_base_runs_band_from_the_main_table(tmp_path):
+    from gemsbench.cli.figures import base_rows, build_parser, run as draw_cli
+
+    sweep = pd.DataFrame({"dataset": "d", "backbone": "b", "protocol": "sampled", "param": "rank",
+                          "value": [64, 128, 256], "base": [False, True, False], "task": "rec", "metric": "ndcg@10",
+                          "mean": [0.2, 0.21, 0.22], "std": 0.0, "n_seeds": 1,
+                          "run": ["gems~rank-64", "gems", "gems~rank-256"]})
+    main = pd.DataFrame({"dataset": "d", "backbone": "b", "protocol": ["sampled", "full"], "run": "gems",
+                         "task": "rec", "metric": "ndcg@10", "mean": [0.21, 0.1], "std": [0.01, 0.02], "seeds": 3})
+    rows = base_rows(main, sweep, "d", "b", "sampled")
+    assert rows["protocol"].tolist() == ["sampled"] and rows["std"].tolist() == [0.01]
+    sweep.to_csv(tmp_path / "sensitivity.csv", index=False)
+    main.to_csv(tmp_path / "main.csv", index=False)
+    written = draw_cli(build_parser().parse_args(["--out-dir", str(tmp_path / "fig"), "--sensitivity",
+                                                  str(tmp_path / "sensitivity.csv"), "--sensitivity-main",
+                                                  str(tmp_path / "main.csv")]))
+    assert sorted(p.name for p in written) == ["sensitivity_d_b.pdf", "sensitivity_d_b.png"]
+
+
+def test_ratio_ticks_stay_short():
+    from gemsbench.figures import _times
+
+    assert [_times(v) for v in (0.9, 1.0, 1.1, 10.0, 100.0, 1000.0)] == \
+        ["0.9", "1", "1.1", "10", "10$^{2}$", "10$^{3}$"]

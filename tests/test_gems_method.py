@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from gems import find_target_modules
+import gemsbench.train
 from gemsbench.backbone import load_backbone
-from gemsbench.knowledge import (KnowledgeSpace, knowledge_space_path, load_knowledge_space,
-                                 run_knowledge_space)
+from gemsbench.config import run_knowledge_space
+from gemsbench.knowledge import KnowledgeSpace, knowledge_space_path, load_knowledge_space
 from gemsbench.methods.base import RunContext
 from gemsbench.methods.registry import build_method
 
@@ -30,7 +31,7 @@ def cache_root(tmp_path_factory):
 
 def context(ds, run_dir, cache_root, fmt="timeline", **train):
     return RunContext(ds, run_dir, seed=3, hparams={}, train={**TRAIN, "format": fmt, **train},
-                      backbone={**TINY, "cache_root": str(cache_root)})
+                      backbone={**TINY, "cache_root": str(cache_root)}, loop=gemsbench.train)
 
 
 def trained_weights(run_dir) -> dict[str, torch.Tensor]:

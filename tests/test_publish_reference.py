@@ -72,3 +72,10 @@ def test_readme_table_reads_means_markers_and_costs_from_the_tables(tmp_path):
     lines = readme_table.table(tmp_path).splitlines()
     assert lines[0] == readme_table.HEADER and len(lines) == 3
     assert lines[2] == "| LoRA | 0.200† | 0.500 | 0.100 | 0.400 | 0.200 | 0.100 | 1.23 | 67 |"
+
+
+def test_publishes_under_results_published_named_after_the_config(tmp_path, monkeypatch):
+    res = fake_results(tmp_path)  # results/default
+    monkeypatch.chdir(tmp_path)
+    publish_reference.main(["--results", str(res)])
+    assert (tmp_path / "results" / "published" / "default" / "tables" / "main.csv").exists()

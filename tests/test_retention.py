@@ -1,5 +1,5 @@
 """Knowledge retention: perplexity and cloze rules by hand, the cached scoring against brute force, the CLI on a
-trained tiny run and on the base backbone, and the knowledge table's changes by hand."""
+trained tiny run and on the base backbone, and the retention table's changes by hand."""
 import argparse
 import json
 import math
@@ -180,15 +180,12 @@ def cli_args(config, data, **kw):
 
 @pytest.mark.parametrize("run", ["lora", "moe_lora"])  # moe_lora: task routing through the cached passes
 def test_retention_json_of_a_trained_run_and_of_the_base(run, synthetic_dataset, tmp_path):
-    from gemsbench.cli.common import run_context
-    from gemsbench.methods.registry import build_method
+    from gemsbench.cli.common import build_run
 
     config_path = tiny_config(tmp_path)
     config = load_config(config_path)
     run_dir = tmp_path / "runs" / run
-    ctx = run_context(config, Run("syn", "tiny", run, 1), str(synthetic_dataset.root), str(run_dir))
-    method = build_method(config["methods"][run]["method"], ctx.hparams)
-    ctx.hparams = method.hparams
+    method, ctx = build_run(config, Run("syn", "tiny", run, 1), str(synthetic_dataset.root), str(run_dir))
     method.fit(ctx)
 
     retention_cli.run(cli_args(config_path, synthetic_dataset.root, run=run, seed=1, run_dir=str(run_dir)))
@@ -224,7 +221,7 @@ def test_untrained_and_non_llm_runs_are_clear_errors(synthetic_dataset, tmp_path
         retention_cli.run(cli_args(config_path, synthetic_dataset.root, base=True))
 
 
-# --- the knowledge table and figure ------------------------------------------------------------------------
+# --- the retention table and figure ------------------------------------------------------------------------
 def write_retention(path, kind, ppl, cloze, run=None, seed=None):
     path.write_text(json.dumps({"kind": kind, "run": run, "method": run, "dataset": "syn", "backbone": "tiny",
                                 "seed": seed, "ppl": ppl, "cloze_accuracy": cloze, "tokens": 100, "probes": 8,
@@ -232,8 +229,8 @@ def write_retention(path, kind, ppl, cloze, run=None, seed=None):
     return path
 
 
-def test_knowledge_table_changes_by_hand(tmp_path):
-    from gemsbench.cli.aggregate import knowledge_table
+def test_retention_table_changes_by_hand(tmp_path):
+    from gemsbench.analysis.registry import TABLES
     from gemsbench.cli.figures import build_parser, run as draw
 
     paths = [write_retention(tmp_path / "base.json", "base", 10.0, 0.5),
@@ -242,8 +239,10 @@ def test_knowledge_table_changes_by_hand(tmp_path):
              write_retention(tmp_path / "b1.json", "run", 9.0, 0.625, "gems", 1)]
     out = tmp_path / "tables"
     out.mkdir()
-    knowledge_table({"full_ft": "Full FT", "gems": "GEMS"}, paths, out)
-    table = pd.read_csv(out / "knowledge.csv").set_index("run")
+    config = {"methods": {"full_ft": {"method": "full_ft", "label": "Full FT"},
+                          "gems": {"method": "gems", "label": "GEMS"}}}
+    TABLES["retention"].make(config, {"retention": paths}, out)
+    table = pd.read_csv(out / "retention.csv").set_index("run")
     a, b = table.loc["full_ft"], table.loc["gems"]
     assert (a["seeds"], b["seeds"]) == (2, 1) and a["label"] == "Full FT"
     assert a["ppl_base"] == 10.0 and a["cloze_base"] == 0.5
@@ -253,15 +252,15 @@ def test_knowledge_table_changes_by_hand(tmp_path):
     assert a["cloze_change_mean"] == pytest.approx(-0.0625)  # (-0.125 + 0) / 2
     assert b["ppl_rel_change_mean"] == pytest.approx(-0.1) and b["ppl_rel_change_std"] == 0.0
     assert b["cloze_change_mean"] == pytest.approx(0.125)
-    md = (out / "knowledge.md").read_text()
+    md = (out / "retention.md").read_text()
     assert "Knowledge retention · syn · tiny" in md
     assert "| Full FT | 10.00 | 11.50 ± 0.71 | +15.0 ± 7.1 | 50.0 | 43.8 ± 8.8 | -6.2 ± 8.8 |" in md
     assert "| GEMS | 10.00 | 9.00 | -10.0 | 50.0 | 62.5 | +12.5 |" in md
-    assert r"$\Delta$PPL (\%)" in (out / "knowledge.tex").read_text()
+    assert r"$\Delta$PPL (\%)" in (out / "retention.tex").read_text()
 
-    written = draw(build_parser().parse_args(["--out-dir", str(tmp_path / "fig"), "--knowledge",
-                                              str(out / "knowledge.csv")]))
-    assert sorted(p.name for p in written) == ["knowledge_syn_tiny.pdf", "knowledge_syn_tiny.png"]
+    written = draw(build_parser().parse_args(["--out-dir", str(tmp_path / "fig"), "--retention",
+                                              str(out / "retention.csv")]))
+    assert sorted(p.name for p in written) == ["retention_syn_tiny.pdf", "retention_syn_tiny.png"]
 
     with pytest.raises(ValueError, match="retention_base"):
-        knowledge_table({}, paths[1:], out)
+        TABLES["retention"].make({"methods": {}}, {"retention": paths[1:]}, out)

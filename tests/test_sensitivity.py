@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from gemsbench.cli.aggregate import sensitivity_tables
+from gemsbench.analysis.registry import TABLES
 from gemsbench.cli.common import config_and_run
 from gemsbench.cli.figures import sensitivity_figures
 from gemsbench.config import (ConfigError, Run, digest, method_entry, run_spec, run_train_settings, runs,
                               sensitivity_runs, sweep_points, sweep_runs, validate)
-from gemsbench.knowledge import run_knowledge_space
+from gemsbench.config import run_knowledge_space
 from gemsbench.methods.registry import method_class
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,7 +177,7 @@ def sweep_table(tmp_path):
         paths[-1].write_text(json.dumps(eval_summary(run, seed)))
     out = tmp_path / "tables"
     out.mkdir()
-    sensitivity_tables(cfg, paths, out)
+    TABLES["sensitivity"].make(cfg, {"summaries": paths}, out)
     return out
 
 
@@ -236,11 +236,14 @@ def dry_run(work: Path, configfile: str, *targets: str) -> list[dict]:
 
 
 def test_test_config_dag_has_the_sweep_jobs(tmp_path):
-    jobs = dry_run(tmp_path, "test.yaml", "sensitivity_table", "sensitivity_figures")
+    jobs = dry_run(tmp_path, "test.yaml", "sensitivity_table")
     trains = sorted(j["run"] for j in jobs if j["rule"] == "train")
     assert trains == ["gems", "gems~gate-fixed0.25", "gems~rank-4"]
     assert sorted(j["run"] for j in jobs if j["rule"] == "evaluate") == trains
-    assert {j["rule"] for j in jobs} >= {"sensitivity_table", "sensitivity_figures", "knowledge_space"}
+    assert {j["rule"] for j in jobs} >= {"sensitivity_table", "knowledge_space"}
+    # the figure also draws the base run's seed band from the main table, so it needs the main grid
+    figure_jobs = {j["rule"] for j in dry_run(tmp_path, "test.yaml", "sensitivity_figures")}
+    assert figure_jobs >= {"sensitivity_table", "sensitivity_figures", "main_table"}
 
 
 def test_default_config_adds_exactly_ten_gems_train_jobs(tmp_path):

@@ -1,4 +1,4 @@
-"""Significance tests (gemsbench.stats) against hand-computed values, pairing errors, and the table markers."""
+"""Significance tests (gemsbench.analysis.significance) against hand-computed values, pairing errors, and the table markers."""
 import argparse
 import json
 import math
@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from gemsbench.stats import PairingError, holm, load_rows, paired_tests, significance_table
-from gemsbench.tables import latex_table, markdown_table, seed_summary, significance_note, with_markers
+from gemsbench.analysis.main import seed_summary, significance_note, with_markers
+from gemsbench.analysis.render import latex_table, markdown_table
+from gemsbench.analysis.significance import PairingError, holm, load_rows, paired_tests, significance_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,12 +156,12 @@ def test_main_table_cells_carry_markers_bold_best_and_latex(three_runs):
 
 
 def test_significance_cli_without_the_reference_run_writes_an_empty_table(tmp_path, caplog):
-    from gemsbench.cli.significance import run
+    from gemsbench.cli.aggregate import run
     cfg = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
     cfg["tables"] = {"reference": "no_such_run"}  # a reference run the config does not have
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    out = tmp_path / "sig.csv"
-    run(argparse.Namespace(config=str(tmp_path / "c.yaml"), rows=[], out=str(out), reference=None))
+    run(argparse.Namespace(config=str(tmp_path / "c.yaml"), table="significance", rows=[], out_dir=str(tmp_path)))
+    out = tmp_path / "significance.csv"
     table = pd.read_csv(out)
     assert table.empty and {"t_p_holm", "wilcoxon_p_holm", "marker"} <= set(table.columns)
     assert "reference run 'no_such_run' is not in this config" in caplog.text
@@ -183,7 +184,7 @@ def test_aggregate_cli_writes_marked_main_table_in_markdown_csv_and_latex(tmp_pa
     sig.to_csv(tmp_path / "sig.csv", index=False)
     out = tmp_path / "tables"
     run(argparse.Namespace(config=str(tmp_path / "c.yaml"), table="main", summaries=summaries, out_dir=str(out),
-                           significance=str(tmp_path / "sig.csv")))
+                           significance=[str(tmp_path / "sig.csv")]))
     marks = pd.read_csv(out / "main.csv", keep_default_na=False).set_index(["run", "task", "metric"])["marker"]
     assert marks[("lora", "search", "ndcg@10")] == "†" and marks[("lora", "rec", "ndcg@10")] == ""
     assert "0.2000†" in (out / "main.md").read_text()

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import gemsbench.train
 from gemsbench.methods.base import RunContext
 from gemsbench.methods.registry import build_method
 from gemsbench.formats import count_labels, subset_batch
@@ -15,7 +16,7 @@ TRAIN = {"max_steps": 6, "batch_size": 4, "eval_every": 3, "val_examples": 6, "p
 
 def context(ds, tmp_path, fmt="timeline", source="tiny_llama", **train):
     return RunContext(ds, tmp_path, seed=5, hparams={}, train={**TRAIN, "format": fmt, **train},
-                      backbone={"source": source})
+                      backbone={"source": source}, loop=gemsbench.train)
 
 
 @pytest.mark.parametrize("fmt,source", [("timeline", "tiny_llama"), ("prompt", "tiny_llama"), ("prompt", "tiny_t5")])
@@ -219,7 +220,7 @@ def test_conflict_steps_log_whole_model_and_per_layer_cosines(method, synthetic_
 
 
 def test_fused_adamw_of_the_baselines_takes_the_per_tensor_step():
-    from gemsbench.methods.llm_baselines import ADAMW_DEFAULTS, adamw
+    from baselines.finetune import ADAMW_DEFAULTS, adamw
 
     gen = torch.Generator().manual_seed(0)
     ps = [torch.nn.Parameter(torch.randn(20, 12, generator=gen)) for _ in range(3)]

@@ -13,13 +13,15 @@ import traceback
 from pathlib import Path
 
 from ..backbone import BackboneError
+from .. import train as training_loop
 from ..config import ConfigError, Run, load_config, method_entry, run_train_settings
-from ..data.format import DataFormatError, load_prepared
-from ..methods.base import RunContext
+from ..data.prepared import PreparedDataError, load_prepared
+from ..methods.base import Method, RunContext
+from ..methods.registry import build_method
 from ..train import TrainingError
 
 #: errors whose message already names the problem and the fix: printed without a traceback
-USER_ERRORS = (ConfigError, DataFormatError, BackboneError, TrainingError, FileNotFoundError, KeyError, ValueError)
+USER_ERRORS = (ConfigError, PreparedDataError, BackboneError, TrainingError, FileNotFoundError, KeyError, ValueError)
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -99,9 +101,15 @@ def config_and_run(args) -> tuple[dict, Run]:
     return config, Run(args.dataset, args.backbone, args.run, args.seed)
 
 
-def run_context(config: dict, run: Run, data_dir: str, run_dir: str) -> RunContext:
+def build_run(config: dict, run: Run, data_dir: str, run_dir: str) -> tuple[Method, RunContext]:
+    """The method of ``run`` (its config entry looked up once, hyper-parameters checked, defaults applied) and
+    its complete run context: the prepared dataset, the run directory, the checked hyper-parameters, the run's
+    training settings, the backbone (with the cache root), the device and the shared training loop. The one
+    builder the train, evaluate and retention entry points use."""
     spec = method_entry(config, run.run)
+    method = build_method(spec["method"], spec.get("hparams", {}))
     backbone = {**config["backbones"][run.backbone], "cache_root": config["cache_dir"]}
-    return RunContext(dataset=load_prepared(Path(data_dir)), run_dir=Path(run_dir), seed=run.seed,
-                      hparams=spec.get("hparams", {}), train=run_train_settings(config, run.run),
-                      backbone=backbone, device=config["device"])
+    ctx = RunContext(dataset=load_prepared(Path(data_dir)), run_dir=Path(run_dir), seed=run.seed,
+                     hparams=method.hparams, train=run_train_settings(config, run.run), backbone=backbone,
+                     device=config["device"], loop=training_loop)
+    return method, ctx

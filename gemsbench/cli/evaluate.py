@@ -6,25 +6,21 @@ import time
 from pathlib import Path
 
 from ..atomic import atomic_write_json, atomic_write_parquet
-from ..config import method_entry
 from ..evaluate import evaluate, evaluation_subset, summarise
-from ..methods.registry import build_method
-from .common import add_run_args, config_and_run, main, parser, run_context
+from .common import add_run_args, build_run, config_and_run, main, parser
 
 log = logging.getLogger(__name__)
 
 
 def run(args) -> None:
     config, r = config_and_run(args)
-    ctx = run_context(config, r, args.data, args.run_dir)
-    method = build_method(method_entry(config, r.run)["method"], ctx.hparams)
-    ctx.hparams = method.hparams
+    method, ctx = build_run(config, r, args.data, args.run_dir)
     ev = config["evaluate"]
     t0 = time.time()
     scorer = method.load_scorer(ctx)
     examples = evaluation_subset(ctx.dataset.splits[ev["split"]], ev["max_examples_per_task"])
     rows = evaluate(scorer, examples, ev["protocols"], ev["ks"], desc=f"evaluate {r.path}")
-    summary = {"run": r.run, "method": method_entry(config, r.run)["method"], "dataset": r.dataset,
+    summary = {"run": r.run, "method": method.name, "dataset": r.dataset,
                "backbone": r.backbone, "seed": r.seed, "split": ev["split"], "metrics": summarise(rows, ev["ks"]),
                "eval_seconds": round(time.time() - t0, 2), "examples": len(examples)}
     atomic_write_parquet(rows, Path(args.rows))

@@ -5,7 +5,7 @@ Wikipedia articles and factual cloze accuracy (the rules are in gemsbench/retent
   tokens, the method's adapters, ``checkpoint/best.pt``) and writes ``--out`` (default ``RUN_DIR/retention.json``).
 * ``--base``: the plain pre-trained backbone with the dataset's item tokens added as the runs add them (the shared
   ``train.item_init``, seeded with the config's first seed, which matters for ``random`` only), under the shared
-  ``train.precision``; once per (dataset, backbone). Its scores are the "before" of the knowledge table.
+  ``train.precision``; once per (dataset, backbone). Its scores are the "before" of the retention table.
 
 Only LLM methods (those fine-tuning the backbone) have a retention measurement; the others are refused.
 """
@@ -20,12 +20,12 @@ import torch
 from ..atomic import atomic_write_json
 from ..backbone import add_item_tokens, load_backbone
 from ..config import ConfigError, load_config, method_entry
-from ..data.format import load_prepared
+from ..data.prepared import load_prepared
 from ..methods.base import LLMMethod, RunContext
-from ..methods.registry import build_method, method_class
+from ..methods.registry import method_class
 from ..retention import RetentionSettings, retention_metrics
 from ..train import LLMScorer, TrainSettings, resolve_device
-from .common import config_and_run, main, parser, run_context
+from .common import build_run, config_and_run, main, parser
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,11 @@ def base_retention(backbone: dict, titles: list[str], train: TrainSettings, sett
                              train.precision)
 
 
-def _check_llm(config: dict, run: str) -> LLMMethod:
+def _check_llm(config: dict, run: str) -> None:
     entry = method_entry(config, run)
     if not issubclass(method_class(entry["method"]), LLMMethod):
         raise ConfigError(f"run {run!r} uses method {entry['method']!r}, which fine-tunes no language model: "
                           "knowledge retention applies to LLM runs only")
-    return build_method(entry["method"], entry.get("hparams", {}))
 
 
 def run(args) -> None:
@@ -87,10 +86,9 @@ def run(args) -> None:
         if missing:
             raise ConfigError(f"run mode needs {' '.join(missing)} (or pass --base for the pre-trained backbone)")
         config, r = config_and_run(args)
-        method = _check_llm(config, r.run)
+        _check_llm(config, r.run)
         settings = RetentionSettings.from_dict(config["retention"])
-        ctx = run_context(config, r, args.data, args.run_dir)
-        ctx.hparams = method.hparams
+        method, ctx = build_run(config, r, args.data, args.run_dir)
         metrics = run_retention(method, ctx, settings)
         head = {"kind": "run", "run": r.run, "method": method.name, "dataset": r.dataset,
                 "backbone": r.backbone, "seed": r.seed}

@@ -11,11 +11,10 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_write_json
-from ..config import digest, method_entry, run_spec
+from ..config import digest, run_spec
 from ..locks import LockBusy, file_lock
-from ..methods.registry import build_method
 from ..train import TrainingError
-from .common import add_run_args, config_and_run, main, parser, run_context
+from .common import add_run_args, build_run, config_and_run, main, parser
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +47,7 @@ def training_lock(run_dir: Path):
 def run(args) -> None:
     config, r = config_and_run(args)
     with training_lock(Path(args.run_dir)):
-        ctx = run_context(config, r, args.data, args.run_dir)
-        method = build_method(method_entry(config, r.run)["method"], ctx.hparams)
-        ctx.hparams = method.hparams
+        method, ctx = build_run(config, r, args.data, args.run_dir)
         torch.manual_seed(r.seed)
         summary = method.fit(ctx)
         summary.update(run=r.run, dataset=r.dataset, backbone=r.backbone, seed=r.seed, spec=run_spec(config, r),

@@ -1,1 +1,1 @@
-"""Datasets: raw files -> the prepared format of :mod:`gemsbench.data.format`."""
+"""Datasets: raw files -> the prepared format of :mod:`gemsbench.data.prepared`."""

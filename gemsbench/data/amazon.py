@@ -45,10 +45,9 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_text
 from .build import add_candidates, compute_stats, densify, filter_min_events_per_task, finish
-from .format import SPLITS, TASKS, DataFormatError, write_prepared
+from .prepared import SPLITS, TASKS, PreparedDataError, register_dataset, write_prepared
 from .rawio import (examples_frame, iter_records, loader_params, mean_history_length,
                     open_text, require_fields, resolve_files, stats_markdown)
-from .registry import register_dataset
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ def _int_column(df: pd.DataFrame, column: str, path: Path, hint: str) -> np.ndar
     try:
         return df[column].to_numpy(dtype=np.int64)
     except (TypeError, ValueError) as e:
-        raise DataFormatError(f"{path}: column `{column}` must hold integers ({e}). {hint}") from e
+        raise PreparedDataError(f"{path}: column `{column}` must hold integers ({e}). {hint}") from e
 
 
 def parse_keyword(value) -> str | list[int]:
@@ -96,7 +95,7 @@ def parse_keyword(value) -> str | list[int]:
         if re.fullmatch(r"\[?[\d\s,]*\]?", text) and re.search(r"\d", text):
             return [int(t) for t in re.findall(r"\d+", text)]
         return " ".join(text.split())
-    raise DataFormatError(f"keyword {value!r} of type {type(value).__name__} is neither words nor word ids")
+    raise PreparedDataError(f"keyword {value!r} of type {type(value).__name__} is neither words nor word ids")
 
 
 def read_vocab(path: Path) -> dict[int, str]:
@@ -107,7 +106,7 @@ def read_vocab(path: Path) -> dict[int, str]:
                 continue
             parts = line.rstrip("\n").split("\t")
             if len(parts) != 2 or not parts[0].strip().isdigit():
-                raise DataFormatError(f"{path}:{line_no}: expected `word_id<TAB>word`, found {line.strip()!r}; "
+                raise PreparedDataError(f"{path}:{line_no}: expected `word_id<TAB>word`, found {line.strip()!r}; "
                                       "see docs/datasets.md for how to make the vocabulary file")
             vocab[int(parts[0])] = parts[1].strip()
     return vocab
@@ -120,10 +119,10 @@ def read_unisar(root: Path, vocab_path) -> pd.DataFrame:
         for task, prefix in PICKLE_TASK.items():
             path = Path(root) / f"{prefix}_{file_split}.pkl"
             if not path.is_file():
-                raise DataFormatError(f"{path}: file not found. {UNISAR_HINT}")
+                raise PreparedDataError(f"{path}: file not found. {UNISAR_HINT}")
             df = pd.read_pickle(path)
             if not isinstance(df, pd.DataFrame):
-                raise DataFormatError(f"{path}: expected a pandas DataFrame, found {type(df).__name__}. {UNISAR_HINT}")
+                raise PreparedDataError(f"{path}: expected a pandas DataFrame, found {type(df).__name__}. {UNISAR_HINT}")
             needed = ["user_id", "item_id", "ts", "all_his"] + (["keyword"] if task == "search" else [])
             require_fields(df.columns, needed, path, "the DataFrame", UNISAR_HINT)
             frames.append(pd.DataFrame({
@@ -136,12 +135,12 @@ def read_unisar(root: Path, vocab_path) -> pd.DataFrame:
     if uses_ids.any():
         first = events[uses_ids].iloc[0]
         if vocab_path is None:
-            raise DataFormatError(f"{first.source}: column `keyword` holds word ids (e.g. {first.keyword}); set "
+            raise PreparedDataError(f"{first.source}: column `keyword` holds word ids (e.g. {first.keyword}); set "
                                   "`vocab_path` to a `word_id<TAB>word` file; see docs/datasets.md")
         vocab = read_vocab(Path(vocab_path))
         unknown = sorted({w for k in events.loc[uses_ids, "keyword"] for w in k} - set(vocab))
         if unknown:
-            raise DataFormatError(f"{vocab_path}: no word for word id(s) {unknown[:10]} used in `keyword`; is it "
+            raise PreparedDataError(f"{vocab_path}: no word for word id(s) {unknown[:10]} used in `keyword`; is it "
                                   "the vocabulary these pickles were made with?")
         events.loc[uses_ids, "keyword"] = events.loc[uses_ids, "keyword"].map(lambda k: " ".join(vocab[w] for w in k))
     return events.rename(columns={"keyword": "query"}).drop(columns="source")
@@ -176,7 +175,7 @@ def keep_train_share(train: pd.DataFrame, fraction: float, seed: int) -> pd.Data
 def prepare_amazon_unisar(params: dict, out_dir: Path) -> None:
     p = loader_params("amazon_unisar", params, UNISAR_DEFAULTS)
     if p["root"] is None:
-        raise DataFormatError(f"amazon_unisar needs `root`. {UNISAR_HINT}")
+        raise PreparedDataError(f"amazon_unisar needs `root`. {UNISAR_HINT}")
     t0 = time.time()
     raw = read_unisar(Path(p["root"]).expanduser(), p["vocab_path"])
     raw = raw[raw["user_id"].isin(raw.loc[raw["split"] == "train", "user_id"])]
@@ -234,7 +233,7 @@ def read_metadata(files: list[Path], asins: set) -> pd.DataFrame:
                 title = " ".join(html.unescape(str(record.get("title") or "")).split())
                 rows[record["asin"]] = (title, category_query(item_category_path(record)))
     if not has_categories:
-        raise DataFormatError(f"{', '.join(map(str, files))}: no metadata record has `categories` (2014) or "
+        raise PreparedDataError(f"{', '.join(map(str, files))}: no metadata record has `categories` (2014) or "
                               f"`category` (2018), which the queries are made from. {RAW_HINT}")
     return pd.DataFrame([(a, t, q) for a, (t, q) in rows.items()], columns=["asin", "title", "query"])
 
@@ -262,7 +261,7 @@ def load_raw_events(reviews: list[Path], meta: list[Path], search_share: float,
 def prepare_amazon_raw(params: dict, out_dir: Path) -> None:
     p = loader_params("amazon_raw", params, RAW_DEFAULTS)
     if not 0.0 <= p["search_share"] <= 1.0:
-        raise DataFormatError(f"amazon_raw search_share {p['search_share']} must lie in [0, 1]")
+        raise PreparedDataError(f"amazon_raw search_share {p['search_share']} must lie in [0, 1]")
     tasks = ("search",) if p["search_share"] == 1.0 else ("rec",) if p["search_share"] == 0.0 else TASKS
     t0 = time.time()
     items, events, dropped = load_raw_events(resolve_files(p["reviews"], p["root"], "Amazon reviews", RAW_HINT),
@@ -270,7 +269,7 @@ def prepare_amazon_raw(params: dict, out_dir: Path) -> None:
                                              p["search_share"], p["seed"])
     events = filter_min_events_per_task(events, p["min_events_per_task"], tasks)
     if events.empty:
-        raise DataFormatError(f"amazon_raw: no user has {p['min_events_per_task']} events of each of {tasks}; "
+        raise PreparedDataError(f"amazon_raw: no user has {p['min_events_per_task']} events of each of {tasks}; "
                               "lower min_events_per_task or check the files")
     events, items, _ = densify(events, items)
     events, splits, stats = finish(items, events, max_history=p["max_history"], min_history=p["min_history"],

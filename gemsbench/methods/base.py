@@ -9,19 +9,24 @@ Two families share it:
   (:mod:`gemsbench.train`). A subclass says how to wrap the model (adapters, freezing), which optimizer
   to build, and how to take a step; the loop does batching, autocast, accumulation, per-task gradients,
   logging, checkpoints and model selection.
+
+The interface does not import the loop that calls it: the run context carries it (``RunContext.loop``, set by
+the one builder of run contexts, :func:`gemsbench.cli.common.build_run`), so the loop may import this module and
+never the reverse. A method declares its config name with ``@register_method("name")``; the registry
+(:mod:`gemsbench.methods.registry`) finds every method module by itself.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 import pandas as pd
 import torch
 from torch import nn
 
-from ..data.format import PreparedDataset
+from ..data.prepared import PreparedDataset
 from .hparams import HParam, HParamError
 
 
@@ -32,6 +37,14 @@ class Scorer(Protocol):
         """Return a float32 tensor [len(examples), n_items] on the CPU."""
 
 
+class Loop(Protocol):
+    """The shared training loop of LLM methods (:mod:`gemsbench.train` is one)."""
+
+    def train_llm(self, method: "LLMMethod", ctx: "RunContext") -> dict: ...
+
+    def load_llm_scorer(self, method: "LLMMethod", ctx: "RunContext") -> Scorer: ...
+
+
 @dataclass
 class RunContext:
     """Everything a method needs to train one run."""
@@ -39,10 +52,30 @@ class RunContext:
     dataset: PreparedDataset
     run_dir: Path
     seed: int
-    hparams: dict  # the method's hyper-parameters from the config (defaults already applied)
+    hparams: dict  # the method's hyper-parameters (the builder puts the checked ones, defaults applied, here)
     train: dict  # the training section of the config (format, steps, batch size, lr, ...)
     backbone: dict = field(default_factory=dict)  # the backbone section (name, source, cache dir, ...)
     device: str = "cpu"
+    loop: Loop | None = None  # the training loop LLM methods train in (gemsbench.train); others need none
+
+
+_METHODS: dict[str, type["Method"]] = {}
+
+
+def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
+    """Class decorator: the method is called ``name`` in configs (``methods.<run>.method``)."""
+    def deco(cls: type[Method]) -> type[Method]:
+        if name in _METHODS and _METHODS[name] is not cls:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+    return deco
+
+
+def registered_methods() -> dict[str, type["Method"]]:
+    """Name -> class of every method registered so far (gemsbench.methods.registry imports them all first)."""
+    return dict(_METHODS)
 
 
 class Method(ABC):
@@ -153,9 +186,14 @@ class LLMMethod(Method):
         return {}
 
     def fit(self, ctx: RunContext) -> dict:
-        from ..train import train_llm
-        return train_llm(self, ctx)
+        return _loop(self, ctx).train_llm(self, ctx)
 
     def load_scorer(self, ctx: RunContext) -> Scorer:
-        from ..train import load_llm_scorer
-        return load_llm_scorer(self, ctx)
+        return _loop(self, ctx).load_llm_scorer(self, ctx)
+
+
+def _loop(method: LLMMethod, ctx: RunContext) -> Loop:
+    if ctx.loop is None:
+        raise TypeError(f"method {method.name!r} trains in the shared loop, but its run context has none: build the "
+                        "context with gemsbench.cli.common.build_run (or pass loop=gemsbench.train)")
+    return ctx.loop

@@ -40,8 +40,8 @@ Hyper-parameters (keys of ``defaults``; [release] = the authors' code on T5-base
   ``null_project_update`` True [ours]: project the Adam-normalised update again (see gems.optimizer).
 * Knowledge space: ``knowledge_corpus`` enwiki_gensim, ``knowledge_articles`` 64, ``knowledge_max_tokens`` 256
   [ours] — which K (gemsbench.knowledge). The release used 10,000 Wikipedia articles of ≤ 512 tokens, far beyond
-  a CPU; 64 × 256 (≈ 16 k tokens, ~10 per feature dimension of the widest layer) is collected for both sides
-  in about a minute on 2 cores.
+  a CPU; 64 × 256 (≈ 16 k tokens, ~10 per feature dimension of the widest layer) estimates every K from
+  several samples per dimension at a cost the embedded run affords (README: "Sizing the embedded default").
 * ``log_subspace_cosines`` False: log search/rec gradient cosines inside the shared and task subspaces on every
   step (extra projections); they are logged on the loop's conflict steps (``train.conflict_every``) anyway.
 * ``targets``: last name components of the targeted layers.
@@ -71,9 +71,8 @@ from ..knowledge import (KnowledgeSpace, ensure_eigendecompositions, ensure_know
                          layer_type_summary, load_eigendecompositions, null_space_row)
 from ..modeling import resolve_precision
 from ..train import TrainSettings, resolve_device
-from .base import LLMMethod, RunContext, TaskGradients
+from .base import LLMMethod, RunContext, TaskGradients, register_method
 from .hparams import ADAMW_TYPES, boolean, choice, integer, names, number, weights
-from .registry import register_method
 
 log = logging.getLogger(__name__)
 

@@ -1,47 +1,41 @@
 """Method registry: a method name in the config -> its class.
 
-Methods register themselves with ``@register_method("name")``; modules listed in ``_BUILTIN_MODULES`` are
-imported on first use so the registry is complete without import side effects elsewhere.
+Methods declare their name with ``@register_method("name")`` (:mod:`gemsbench.methods.base`). The registry
+imports every module of :data:`METHOD_PACKAGES` on first use — the GEMS methods of this package and every
+baseline in ``baselines/`` — so a new method is one module in one of them, listed nowhere else.
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
-from .base import Method
+from .base import Method, registered_methods
 
-_METHODS: dict[str, type[Method]] = {}
-_BUILTIN_MODULES = (
-    "gemsbench.methods.llm_baselines",
-    "gemsbench.methods.gems_methods",
-    "baselines.popularity",
-    "baselines.moe_lora",
-    "baselines.hydra_lora",
-    "baselines.pcgrad",
-    "baselines.shared_encoder",
-)
+#: packages whose every module is imported to find the registered methods
+METHOD_PACKAGES = ("gemsbench.methods", "baselines")
 
 
-def register_method(name: str):
-    def deco(cls: type[Method]) -> type[Method]:
-        if name in _METHODS and _METHODS[name] is not cls:
-            raise ValueError(f"method {name!r} registered twice")
-        cls.name = name
-        _METHODS[name] = cls
-        return cls
-    return deco
+def method_modules() -> list[str]:
+    """Every module of :data:`METHOD_PACKAGES`, in name order."""
+    names = []
+    for package in METHOD_PACKAGES:
+        path = importlib.import_module(package).__path__
+        names += sorted(f"{package}.{m.name}" for m in pkgutil.iter_modules(path))
+    return names
 
 
-def _load_builtin() -> None:
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(mod)
+def _load() -> dict[str, type[Method]]:
+    for module in method_modules():
+        importlib.import_module(module)
+    return registered_methods()
 
 
 def method_class(name: str) -> type[Method]:
-    _load_builtin()
-    if name not in _METHODS:
-        raise KeyError(f"unknown method {name!r}; known methods: {sorted(_METHODS)}. Fix the method name in "
-                       "the config (or register a new one with @register_method).")
-    return _METHODS[name]
+    methods = _load()
+    if name not in methods:
+        raise KeyError(f"unknown method {name!r}; known methods: {sorted(methods)}. Fix the method name in "
+                       "the config (or register a new one with @register_method in a module of baselines/).")
+    return methods[name]
 
 
 def build_method(name: str, hparams: dict | None = None) -> Method:
@@ -49,5 +43,4 @@ def build_method(name: str, hparams: dict | None = None) -> Method:
 
 
 def known_methods() -> list[str]:
-    _load_builtin()
-    return sorted(_METHODS)
+    return sorted(_load())

@@ -5,8 +5,7 @@ import sys
 from snakemake.utils import validate as snakemake_validate
 
 from gemsbench.atomic import atomic_write_text
-from gemsbench.data.format import PREPARED_FILES
-from gemsbench.knowledge import run_knowledge_space
+from gemsbench.data.prepared import PREPARED_FILES
 from gemsbench.config import (
     ConfigError,
     NAME_PATTERN,
@@ -14,6 +13,7 @@ from gemsbench.config import (
     SCHEMA_PATH,
     Run,
     digest,
+    run_knowledge_space,
     run_spec,
     runs,
     sensitivity_runs,

@@ -1,7 +1,7 @@
 # Knowledge space per backbone (method.md §4): second moments of every targeted layer's output and input
 # features over the general-domain corpus, cached in cache_dir for every run that fine-tunes the backbone, and
 # a report of the null spaces they imply. Which (corpus, articles, max_tokens) a run needs comes from its
-# method's hyper-parameters through gemsbench.knowledge.run_knowledge_space (knowledge_report in
+# method's hyper-parameters through gemsbench.config.run_knowledge_space (knowledge_report in
 # common.smk), the same function the train rule uses, so they cannot disagree.
 rule knowledge_space:
     conda:

@@ -1,28 +1,22 @@
 # Knowledge retention (the paper's Fig. 1b claim: does null-space projection keep general knowledge better?):
 # perplexity on held-out Wikipedia articles and factual cloze accuracy of the pre-trained backbone (with item
-# tokens, once per dataset and backbone) and of every trained LLM run of the main grid, then a table and a figure.
-# Measurement rules: gemsbench/retention.py; settings: the config's `retention` section.
-# Uses common.smk (RUNS, RUN_DIR, RESULTS, CONFIG, digest) and the rule train: include this file after them.
+# tokens, once per dataset and backbone) and of every trained LLM run of the main grid; the retention table
+# (tables.smk) and figure (figures.smk) read them. Measurement rules: gemsbench/retention.py; settings: the config's
+# `retention` section. Uses common.smk (RUNS, RUN_DIR, RESULTS, CONFIG, digest) and the rule train: include this
+# file after them.
 from gemsbench.methods.base import LLMMethod
 from gemsbench.retention import measurement_section
 from gemsbench.methods.registry import method_class
 
-RETENTION_TABLES = f"{RESULTS}/tables"
-RETENTION_FIGURES = f"{RESULTS}/figures"
 # main-grid runs whose method fine-tunes the language model (popularity and the encoders have no LM to measure)
 # on the first `retention.seeds` seeds
-RETENTION_SEEDS = config["seeds"][: config["retention"].get("seeds", 1)]
+RETENTION_SEEDS = config["seeds"][: config["retention"]["seeds"]]  # the schema fills the default
 RETENTION_RUNS = [r for r in RUNS if r.seed in RETENTION_SEEDS
                   and issubclass(method_class(config["methods"][r.run]["method"]), LLMMethod)]
 RETENTION_SPEC = measurement_section(config["retention"])
 RETENTION_GROUPS = list(dict.fromkeys((r.dataset, r.backbone) for r in RETENTION_RUNS))
 RETENTION_BASE = os.path.join(RESULTS, "retention/{dataset}/{backbone}/base.json")
-
-
-# seconds of work each: run them on the submitting machine rather than queueing cluster jobs
-localrules:
-    knowledge_table,
-    knowledge_figures,
+RETENTION_BASES = [RETENTION_BASE.format(dataset=ds, backbone=bb) for ds, bb in RETENTION_GROUPS]
 
 
 rule retention_base:
@@ -51,7 +45,7 @@ rule retention_base:
         "> {log:q} 2>&1"
 
 
-rule retention:
+rule retention_run:
     conda:
         "../envs/gemsbench.yaml"
     input:
@@ -73,50 +67,3 @@ rule retention:
         "OMP_NUM_THREADS={threads} python -m gemsbench.cli.retention --config {params.config:q} "
         "--dataset {wildcards.dataset:q} --backbone {wildcards.backbone:q} --run {wildcards.run:q} "
         "--seed {wildcards.seed:q} --data {params.data:q} --run-dir {params.run_dir:q} --out {output:q} > {log:q} 2>&1"
-
-
-rule knowledge_table:
-    conda:
-        "../envs/gemsbench.yaml"
-    input:
-        runs=[os.path.join(RESULTS, "runs", r.path, "retention.json") for r in RETENTION_RUNS],
-        bases=[RETENTION_BASE.format(dataset=ds, backbone=bb) for ds, bb in RETENTION_GROUPS],
-    output:
-        csv=report(f"{RETENTION_TABLES}/knowledge.csv", caption="../report/knowledge_table.rst", category="Tables"),
-        md=f"{RETENTION_TABLES}/knowledge.md",
-        tex=f"{RETENTION_TABLES}/knowledge.tex",
-    params:
-        config=CONFIG,
-        out=lambda w, output: os.path.dirname(output.csv),
-        spec=lambda w: digest(config["methods"]),
-    log:
-        f"{RESULTS}/logs/analysis/knowledge_table.log",
-    shell:
-        "python -m gemsbench.cli.aggregate --config {params.config:q} --table knowledge "
-        "--summaries {input.runs:q} {input.bases:q} --out-dir {params.out:q} > {log:q} 2>&1"
-
-
-rule knowledge_figures:
-    conda:
-        "../envs/gemsbench.yaml"
-    input:
-        rules.knowledge_table.output.csv,
-    output:
-        pdf=[f"{RETENTION_FIGURES}/knowledge_{ds}_{bb}.pdf" for ds, bb in RETENTION_GROUPS],
-        png=report(
-            [f"{RETENTION_FIGURES}/knowledge_{ds}_{bb}.png" for ds, bb in RETENTION_GROUPS],
-            caption="../report/figure_knowledge.rst",
-            category="Figures",
-        ),
-    params:
-        out=lambda w, output: os.path.dirname(output[0]),
-    log:
-        f"{RESULTS}/logs/analysis/knowledge_figures.log",
-    shell:
-        "python -m gemsbench.cli.figures --out-dir {params.out:q} --knowledge {input:q} > {log:q} 2>&1"
-
-
-# every table and figure this stage makes (none when the config has no LLM run)
-RETENTION_OUTPUTS = (
-    [*rules.knowledge_table.output, *rules.knowledge_figures.output] if RETENTION_RUNS else []
-)

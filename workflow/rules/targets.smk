@@ -4,16 +4,12 @@
 # the Snakefile: snakemake ignores default_target in an included file.
 
 PAPER_FIGURES = config["paper_figures_dir"]
+PUBLISHED_FIGURES = [os.path.join(PAPER_FIGURES, os.path.basename(f)) for f in FIGURE_OUTPUTS]
 
 
-# the PDF and PNG figures among the outputs of the figure rules
-ALL_FIGURES = [
-    str(p)
-    for p in [*rules.analysis_figures.output, *rules.convergence_figures.output, *RETENTION_OUTPUTS,
-              *SENSITIVITY_OUTPUTS]
-    if str(p).endswith((".pdf", ".png"))
-]
-PUBLISHED_FIGURES = [os.path.join(PAPER_FIGURES, os.path.basename(f)) for f in ALL_FIGURES]
+def table_files(name):
+    """The files of table ``name`` (none when this config does not make it)."""
+    return [table_path(name, f) for f in TABLES[name].outputs] if name in TABLE_INPUTS else []
 
 
 localrules:
@@ -22,7 +18,7 @@ localrules:
     efficiency,
     conflict,
     convergence,
-    knowledge,
+    retention,
     sensitivity,
     figures,
     report,
@@ -32,32 +28,32 @@ rule publish_figure:
     conda:
         "../envs/gemsbench.yaml"
     input:
-        os.path.join(ANALYSIS_FIGURES, "{name}"),
+        os.path.join(FIGURES_DIR, "{name}"),
     output:
         os.path.join(PAPER_FIGURES, "{name}"),
     wildcard_constraints:
         name=r"[^/]+\.(pdf|png)",
     log:
-        os.path.join(RESULTS, "logs/analysis/publish_{name}.log"),
+        os.path.join(RESULTS, "logs/figures/publish_{name}.log"),
     shell:
         "cp -v {input:q} {output:q} > {log:q} 2>&1"
 
 
 rule ablation:
     input:
-        rules.ablation_table.output,
+        table_files("ablation"),
 
 
 rule efficiency:
     input:
-        rules.efficiency_table.output,
+        table_files("efficiency"),
         rules.analysis_figures.output.efficiency_pdf,
         rules.analysis_figures.output.efficiency_png,
 
 
 rule conflict:
     input:
-        rules.conflict_csv.output,
+        table_files("conflict"),
         rules.analysis_figures.output.conflict_pdf,
         rules.analysis_figures.output.conflict_png,
         rules.analysis_figures.output.conflict_layers_pdf,
@@ -66,18 +62,20 @@ rule conflict:
 
 rule convergence:
     input:
-        rules.convergence_table.output,
+        table_files("convergence"),
         rules.convergence_figures.output,
 
 
-rule knowledge:
+rule retention:
     input:
-        RETENTION_OUTPUTS,
+        table_files("retention"),
+        [f for f in FIGURE_OUTPUTS if os.path.basename(f).startswith("retention_")],
 
 
 rule sensitivity:
     input:
-        SENSITIVITY_OUTPUTS,
+        table_files("sensitivity"),
+        [f for f in FIGURE_OUTPUTS if os.path.basename(f).startswith("sensitivity_")],
 
 
 rule figures:
@@ -89,14 +87,7 @@ rule report:
     conda:
         "../envs/gemsbench.yaml"
     input:
-        rules.main_table.output,
-        rules.significance.output,
-        rules.ablation_table.output,
-        rules.efficiency_table.output,
-        rules.conflict_csv.output,
-        rules.convergence_table.output,
-        RETENTION_OUTPUTS,
-        SENSITIVITY_OUTPUTS,
+        TABLE_OUTPUTS,
         PUBLISHED_FIGURES,
     output:
         os.path.join(RESULTS, "report.html"),
@@ -105,7 +96,7 @@ rule report:
         snakefile=workflow.main_snakefile,
         python=sys.executable,
     log:
-        os.path.join(RESULTS, "logs/analysis/report.log"),
+        os.path.join(RESULTS, "logs/figures/report.log"),
     shell:
         # the report of this very workflow and config: every table and figure marked report() in the rules
         "{params.python:q} -m snakemake -s {params.snakefile:q} --report {output:q} --configfile {params.config:q} "

@@ -1,4 +1,4 @@
-"""The first LLM methods: full fine-tuning (AdamW) and LoRA through peft."""
+"""The plain LLM baselines: full fine-tuning (AdamW) and LoRA (also DoRA, PiSSA) through peft."""
 from __future__ import annotations
 
 import torch
@@ -6,9 +6,8 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 from torch import nn
 
-from .base import LLMMethod
-from .hparams import ADAMW_TYPES, DROPOUT, boolean, choice, integer, number
-from .registry import register_method
+from gemsbench.methods.base import LLMMethod, register_method
+from gemsbench.methods.hparams import ADAMW_TYPES, DROPOUT, boolean, choice, integer, number
 
 DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 T5_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")

@@ -1,4 +1,4 @@
-"""The prepared-dataset format every dataset loader writes and every method reads.
+"""Prepared datasets: the on-disk layout every dataset loader writes and every method reads.
 
 A prepared dataset is a directory::
 
@@ -15,16 +15,38 @@ Items are internal integer ids; users likewise. An example's ``history`` lists e
 first, each with its task and query (``history_task``/``history_query`` are parallel lists; a loader that
 does not know an event's task writes ``""``). A training example sees only train-split events in its
 history, a validation example train and valid ones, a test example all earlier events: no evaluation
-target ever enters a training input. Formats (prompt, timeline) decide which history events to show.
+target ever enters a training input. The training formats (gemsbench/formats.py: prompt, timeline) decide which
+history events to show.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from ..atomic import DamagedFile, atomic_write_json, atomic_write_parquet, read_json
+
+#: a dataset loader: ``prepare(params, out_dir)`` writes a prepared dataset into ``out_dir``
+Preparer = Callable[[dict, Path], None]
+_PREPARERS: dict[str, Preparer] = {}
+
+
+def register_dataset(name: str) -> Callable[[Preparer], Preparer]:
+    """Function decorator: the preparer is the loader ``name`` of configs (``datasets.<name>.loader``); the
+    registry (gemsbench.data.registry) finds it by importing every module of gemsbench.data."""
+    def deco(fn: Preparer) -> Preparer:
+        if name in _PREPARERS and _PREPARERS[name] is not fn:
+            raise ValueError(f"dataset loader {name!r} registered twice")
+        _PREPARERS[name] = fn
+        return fn
+    return deco
+
+
+def registered_preparers() -> dict[str, Preparer]:
+    return dict(_PREPARERS)
+
 
 TASKS = ("rec", "search")
 SPLITS = ("train", "valid", "test")
@@ -44,7 +66,7 @@ EXAMPLE_COLUMNS = (
 )
 
 
-class DataFormatError(ValueError):
+class PreparedDataError(ValueError):
     """A prepared dataset or raw input file does not have the expected shape."""
 
 
@@ -71,32 +93,32 @@ class PreparedDataset:
 def _require_columns(df: pd.DataFrame, columns, what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise DataFormatError(f"{what} lacks column(s) {missing}; it has {list(df.columns)}. "
+        raise PreparedDataError(f"{what} lacks column(s) {missing}; it has {list(df.columns)}. "
                               "Re-run the prepare step for this dataset.")
 
 
 def validate_examples(df: pd.DataFrame, n_items: int, split: str) -> None:
-    """Check the invariants of an example table; raise DataFormatError naming the first bad row."""
+    """Check the invariants of an example table; raise PreparedDataError naming the first bad row."""
     _require_columns(df, EXAMPLE_COLUMNS, f"{split} examples")
     bad_task = ~df["task"].isin(TASKS)
     if bad_task.any():
         row = df[bad_task].iloc[0]
-        raise DataFormatError(f"{split} example {row.example_id}: task {row.task!r} is not one of {TASKS}")
+        raise PreparedDataError(f"{split} example {row.example_id}: task {row.task!r} is not one of {TASKS}")
     for row in df.itertuples(index=False):
         if len(row.targets) == 0:
-            raise DataFormatError(f"{split} example {row.example_id}: no target item")
+            raise PreparedDataError(f"{split} example {row.example_id}: no target item")
         if not (len(row.history) == len(row.history_task) == len(row.history_query)):
-            raise DataFormatError(f"{split} example {row.example_id}: history, history_task and "
+            raise PreparedDataError(f"{split} example {row.example_id}: history, history_task and "
                                   "history_query have different lengths")
         ids = list(row.targets) + list(row.history) + list(row.candidates)
         if ids and (min(ids) < 0 or max(ids) >= n_items):
-            raise DataFormatError(f"{split} example {row.example_id}: item id out of range 0..{n_items - 1}")
+            raise PreparedDataError(f"{split} example {row.example_id}: item id out of range 0..{n_items - 1}")
         if split != "train":
             cands = list(row.candidates)
             if cands[: len(row.targets)] != list(row.targets):
-                raise DataFormatError(f"{split} example {row.example_id}: candidates must start with the targets")
+                raise PreparedDataError(f"{split} example {row.example_id}: candidates must start with the targets")
             if len(set(cands)) != len(cands):
-                raise DataFormatError(f"{split} example {row.example_id}: duplicate candidates")
+                raise PreparedDataError(f"{split} example {row.example_id}: duplicate candidates")
 
 
 def write_prepared(root: Path, items: pd.DataFrame, events: pd.DataFrame, splits: dict[str, pd.DataFrame],
@@ -106,7 +128,7 @@ def write_prepared(root: Path, items: pd.DataFrame, events: pd.DataFrame, splits
     _require_columns(items, ITEM_COLUMNS, "items")
     _require_columns(events, EVENT_COLUMNS, "events")
     if list(items["item"]) != list(range(len(items))):
-        raise DataFormatError("items.item must be 0..n_items-1 in order")
+        raise PreparedDataError("items.item must be 0..n_items-1 in order")
     for split in SPLITS:
         validate_examples(splits[split], len(items), split)
     atomic_write_parquet(items[list(ITEM_COLUMNS)], root / "items.parquet")
@@ -129,10 +151,10 @@ def load_prepared(root: Path) -> PreparedDataset:
     and the fix (preparing the dataset again)."""
     root = Path(root)
     if not (root / "stats.json").exists():
-        raise DataFormatError(f"{root} is not a prepared dataset (no stats.json); {PREPARE_HINT}")
+        raise PreparedDataError(f"{root} is not a prepared dataset (no stats.json); {PREPARE_HINT}")
     missing = [name for name in PREPARED_FILES if not (root / name).exists()]
     if missing:
-        raise DataFormatError(f"{root} lacks {missing}: delete the directory and {PREPARE_HINT}")
+        raise PreparedDataError(f"{root} lacks {missing}: delete the directory and {PREPARE_HINT}")
     remedy = f"delete {root} and {PREPARE_HINT}"
 
     def table(name: str) -> pd.DataFrame:

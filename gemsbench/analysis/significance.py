@@ -1,4 +1,7 @@
-"""Paired significance tests of a reference method (GEMS) against every other run.
+"""The significance table: paired tests of the reference run (config ``tables.reference``, default gems) against
+every other run, one CSV row per (dataset, backbone, protocol, task, metric, baseline run) with the mean
+difference, the relative improvement, the paired t-test and Wilcoxon signed-rank p-values, raw and Holm-adjusted
+(``significance.csv``; the main table's † / ‡ markers).
 
 What is tested, and why this way:
 
@@ -24,11 +27,17 @@ test without the normality assumption.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from .table import Table
+from .render import write_csv
+
+log = logging.getLogger(__name__)
 
 #: columns that locate one block of the main table; the Holm family is one block and one task
 BLOCK = ["dataset", "backbone", "protocol"]
@@ -172,3 +181,25 @@ def _check_same_examples(ref_ids: pd.Index, other_ids: pd.Index, reference: str,
             f"cannot pair {run!r} with {reference!r} on {where}: {len(only_ref)} examples only in {reference!r} "
             f"(e.g. {list(only_ref[:3])}), {len(only_other)} only in {run!r} (e.g. {list(only_other[:3])}). "
             "Both runs must be evaluated on the same split of the same prepared data.")
+
+
+def make(config: dict, inputs: dict[str, list[Path]], out: Path) -> str:
+    """``significance.csv`` of ``tables.reference`` against every other run; an empty table (no markers) when
+    the config has no such run (a baseline-only sweep is legitimate)."""
+    settings = config["tables"]
+    reference = settings["reference"]
+    if reference not in config["methods"]:
+        log.warning("reference run %r is not in this config's methods %s: no significance tests; set "
+                    "tables.reference to one of them to get markers", reference, sorted(config["methods"]))
+        table = pd.DataFrame(columns=COLUMNS)
+    else:
+        table = significance_table(load_rows(inputs["rows"]), reference, settings["metrics"], settings["alpha"])
+        marked = table[table["marker"] != ""]
+        log.info("%d comparisons of %r, %d significant after Holm (t-test, alpha %g)", len(table), reference,
+                 len(marked), settings["alpha"])
+    write_csv(table, out / "significance.csv")
+    return f"significance: {out / 'significance.csv'}"
+
+
+TABLE = Table(name="significance", inputs={"rows": "rows"}, outputs=("significance.csv",), make=make,
+              config_keys=("tables",), optional=frozenset({"rows"}), report="significance.csv")

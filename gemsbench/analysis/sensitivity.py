@@ -2,7 +2,7 @@
 stand for its own setting) -> mean and std over seeds per grid point, task, metric and protocol.
 
 The grid and its run names come from the config (:func:`gemsbench.config.sweep_points`); rendered as CSV,
-Markdown and LaTeX (booktabs) by ``python -m gemsbench.cli.aggregate --table sensitivity``.
+Markdown and LaTeX (booktabs): ``sensitivity.{csv,md,tex}``.
 """
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import SweepPoint, sensitivity_seeds, sweep_points
-from .tables import TASK_LABEL, _latex_document, latex_escape
+from ..config import SweepPoint, sensitivity_seeds, sweep_points
+from .table import Table
+from .render import PROTOCOL_ORDER, TASK_LABEL, TASK_ORDER, latex_document, latex_escape, seeds_phrase, write_csv
+from .render import write_text
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["dataset", "backbone", "protocol", "param", "value", "base", "task", "metric", "mean", "std", "n_seeds",
            "run"]
-TASK_ORDER = ("search", "rec")
-PROTOCOL_ORDER = ("sampled", "full")
 
 
 def sensitivity_table(config: dict, summary_paths: list[Path]) -> pd.DataFrame:
@@ -104,8 +104,7 @@ def _body(table: pd.DataFrame, pm: str):
 
 
 def _seeds_phrase(table: pd.DataFrame) -> str:
-    n = int(table["n_seeds"].max())
-    return f"mean ± std over {n} seeds" if n > 1 else "1 seed"
+    return seeds_phrase(int(table["n_seeds"].max()), single="1 seed")
 
 
 def sensitivity_note(config: dict) -> str:
@@ -137,4 +136,25 @@ def sensitivity_latex(table: pd.DataFrame, title: str, note: str = "") -> str:
               + " & ".join(latex_escape(f"{TASK_LABEL.get(t, t)} {m.upper()}") for t, m in cols) + r" \\"]
     lines = [latex_escape(param) + " & " + latex_escape(value + (" (base)" if base else "")) + " & "
              + " & ".join("--" if c is None else c for c in cells) + r" \\" for param, value, base, cells in body]
-    return _latex_document(f"{title} ({_seeds_phrase(table)}).", "ll" + "c" * len(cols), header, lines, note)
+    return latex_document(f"{title} ({_seeds_phrase(table)}).", "ll" + "c" * len(cols), header, lines, note)
+
+
+def make(config: dict, inputs: dict[str, list[Path]], out: Path) -> str:
+    table = sensitivity_table(config, inputs["summaries"])
+    write_csv(table, out / "sensitivity.csv")
+    base = config["sensitivity"]["base"]
+    note = sensitivity_note(config)
+    md, tex = [], []
+    for (dataset, backbone, protocol), grp in table.groupby(["dataset", "backbone", "protocol"], sort=False):
+        title = (f"Sensitivity of {config['methods'][base].get('label', base)} · {dataset} · {backbone} · "
+                 f"{protocol} protocol · {config['evaluate']['split']} split")
+        md.append(sensitivity_markdown(grp, title, note))
+        tex.append(sensitivity_latex(grp, title, note))
+    write_text("\n".join(md), out / "sensitivity.md")
+    write_text("\n".join(tex), out / "sensitivity.tex")
+    return f"sensitivity table: {out / 'sensitivity.md'} ({len(table[['param', 'value']].drop_duplicates())} points)"
+
+
+TABLE = Table(name="sensitivity", inputs={"summaries": "sensitivity"},
+              outputs=("sensitivity.csv", "sensitivity.md", "sensitivity.tex"), make=make,
+              config_keys=("sensitivity", "methods", "evaluate"), report="sensitivity.csv")

@@ -19,6 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .table import Table
+from .render import labels as run_labels
+from .render import write_csv, write_text
+
 #: the share of a run's targets after which its late gain is measured
 LATE_FRACTION = 0.75
 KEYS = ["dataset", "backbone", "run", "label", "method"]
@@ -102,3 +106,19 @@ def convergence_markdown(summary: pd.DataFrame, title: str) -> str:
             "targets: near zero, the curve has flattened; clearly positive, the budget stopped a model still "
             "learning. Every curve: convergence.csv.")
     return "\n".join(lines + ["", note]) + "\n"
+
+
+def make(config: dict, inputs: dict[str, list[Path]], out: Path) -> str:
+    curves = collect_convergence(inputs["summaries"], run_labels(config))
+    summary = convergence_summary(curves)
+    write_csv(curves, out / "convergence.csv")
+    write_csv(summary, out / "convergence_summary.csv")
+    md = [convergence_markdown(grp, f"Learning curves · {dataset} · {backbone}")
+          for (dataset, backbone), grp in summary.groupby(["dataset", "backbone"], sort=False)]
+    write_text("\n".join(md) or "No LLM run logged a validation.\n", out / "convergence.md")
+    return f"convergence table: {out / 'convergence.md'} (every validation: {out / 'convergence.csv'})"
+
+
+TABLE = Table(name="convergence", inputs={"summaries": "training"},
+              outputs=("convergence.csv", "convergence_summary.csv", "convergence.md"), make=make,
+              config_keys=("methods",), report="convergence_summary.csv")
