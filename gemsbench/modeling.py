@@ -27,8 +27,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 @functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (AVX-512 BF16 or AMX). Without it PyTorch emulates
-    bf16 products, and bf16 autocast runs many times slower than float32 (on a 2-core AVX2 machine a SmolLM2
-    forward and backward pass took 18× longer), so ``auto`` precision keeps such CPUs in float32."""
+    bf16 products, and bf16 autocast runs many times slower than float32, so ``auto`` precision keeps such CPUs
+    in float32."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         return cpuinfo_has_native_bf16(cpuinfo.read_text())

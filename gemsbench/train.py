@@ -514,7 +514,7 @@ class Loop:
                 logf.write(json.dumps(entry) + "\n")
                 logf.flush()
                 # a finished run needs no resume point (last.pt is dropped below): writing the weights and
-                # optimizer state once more at the end cost ~10 s per SmolLM2 run here
+                # optimizer state once more at the end would cost a full checkpoint write for nothing
                 finished = self.step == self.total_steps or self.stopped_early()
                 if self.step % ckpt_every == 0 and not finished:
                     self.save_last()
@@ -631,9 +631,8 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _ALLOCATOR_KEEP = -1, -3, 2 ** 30
 def keep_freed_host_memory() -> bool:
     """Ask glibc's allocator to keep freed memory for reuse instead of returning it to the OS (and serving
     mid-size tensors from mmap). Every step allocates fresh gradient tensors; by default glibc unmaps or trims
-    them when freed, and the next step pays a page fault per 4 KiB page to get them back: measured on the 2-core
-    reference machine, filling fresh SmolLM2-sized gradient tensors took 0.06–0.2 s per pass over the weights
-    instead of 0.02 s. Peak memory is unchanged (the memory is reused, not added). Applied once per process,
+    them when freed, and the next step pays a page fault per 4 KiB page to get them back (several times the cost
+    of filling reused memory). Peak memory is unchanged (the memory is reused, not added). Applied once per process,
     for every method alike; a no-op (False) where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
