@@ -42,24 +42,34 @@ both): call ``backward`` without ``rows()``, which takes one backward pass per t
 A task missing from a step gets count 0 (its gradients are then ignored and its gate is 0).
 ``multi_subspace=False`` gives GaLore; then the task gradients are optional (``loss.backward()`` will do).
 """
-from .gating import GATE_MODES, GateConfig, TaskSignals, compute_gates
-from .nullspace import (LowRankProjector, NullSpaceInfo, cached_second_moments, collect_feature_moments,
-                        collect_second_moments, load_second_moments, null_space_info, null_space_low_rank_from_eigh,
-                        null_space_projector, null_space_projector_from_eigh, save_second_moments,
-                        second_moment_key, symmetric_eigh)
-from .optimizer import MOMENT_POLICIES, TASK_BASES, MultiSubspaceAdamW
-from .projector import SVD_METHODS, compute_basis, orthogonal_complement, project, project_back, projection_side
-from .task_split import RowSplitError, TaskSplit
-from .targets import DEFAULT_TARGETS, LLAMA_LIKE_TARGETS, T5_TARGETS, build_param_groups, find_target_modules
+#: each public name and the submodule that defines it; a name is imported on first use (PEP 562), so that
+#: ``gems.atomic`` (which the benchmark's light entry points use) does not pull in torch
+_EXPORTS = {
+    "gating": ("GATE_MODES", "GateConfig", "TaskSignals", "compute_gates"),
+    "nullspace": ("LowRankProjector", "NullSpaceInfo", "cached_second_moments", "collect_feature_moments",
+                  "collect_second_moments", "load_second_moments", "null_space_info",
+                  "null_space_low_rank_from_eigh", "null_space_projector", "null_space_projector_from_eigh",
+                  "save_second_moments", "second_moment_key", "symmetric_eigh"),
+    "optimizer": ("MOMENT_POLICIES", "TASK_BASES", "MultiSubspaceAdamW"),
+    "projector": ("SVD_METHODS", "compute_basis", "orthogonal_complement", "project", "project_back",
+                  "projection_side"),
+    "task_split": ("RowSplitError", "TaskSplit"),
+    "targets": ("DEFAULT_TARGETS", "LLAMA_LIKE_TARGETS", "T5_TARGETS", "build_param_groups", "find_target_modules"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = [name for names in _EXPORTS.values() for name in names]
 
-__all__ = [
-    "GATE_MODES", "GateConfig", "TaskSignals", "compute_gates",
-    "LowRankProjector", "NullSpaceInfo", "cached_second_moments", "collect_feature_moments",
-    "collect_second_moments", "load_second_moments", "null_space_info", "null_space_low_rank_from_eigh",
-    "null_space_projector", "null_space_projector_from_eigh", "save_second_moments", "second_moment_key",
-    "symmetric_eigh",
-    "MOMENT_POLICIES", "TASK_BASES", "MultiSubspaceAdamW",
-    "SVD_METHODS", "compute_basis", "orthogonal_complement", "project", "project_back", "projection_side",
-    "RowSplitError", "TaskSplit",
-    "DEFAULT_TARGETS", "LLAMA_LIKE_TARGETS", "T5_TARGETS", "build_param_groups", "find_target_modules",
-]
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gems' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

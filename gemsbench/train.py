@@ -34,6 +34,7 @@ from gems.task_split import TaskSplit
 
 from .atomic import RETRAIN, atomic_torch_save, torch_load
 from .backbone import add_item_tokens, load_backbone
+from .errors import TrainingError  # noqa: F401 - raised here, defined where entry points can catch it cheaply
 from .evaluate import sampled_candidates
 from .formats import Encoder, FormatConfig, batch_tokens, count_labels, shuffled_order, subset_batch
 from .methods.base import LLMMethod, RunContext, TaskGradients
@@ -43,10 +44,6 @@ from .modeling import (autocast, packed_attention_is_exact, resolve_precision, s
 from .throughput import StepWork, body_parameters, gemm_rate
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says why and what to change."""
 
 
 @dataclass

@@ -12,13 +12,14 @@ import time
 import traceback
 from pathlib import Path
 
-from ..backbone import BackboneError
-from .. import train as training_loop
+from typing import TYPE_CHECKING
+
 from ..config import ConfigError, Run, load_config, method_entry, run_train_settings
-from ..data.prepared import PreparedDataError, load_prepared
-from ..methods.base import Method, RunContext
-from ..methods.registry import build_method
-from ..train import TrainingError
+from ..data.prepared import PreparedDataError
+from ..errors import BackboneError, TrainingError
+
+if TYPE_CHECKING:
+    from ..methods.base import Method, RunContext
 
 #: errors whose message already names the problem and the fix: printed without a traceback
 USER_ERRORS = (ConfigError, PreparedDataError, BackboneError, TrainingError, FileNotFoundError, KeyError, ValueError)
@@ -101,11 +102,18 @@ def config_and_run(args) -> tuple[dict, Run]:
     return config, Run(args.dataset, args.backbone, args.run, args.seed)
 
 
-def build_run(config: dict, run: Run, data_dir: str, run_dir: str) -> tuple[Method, RunContext]:
+def build_run(config: dict, run: Run, data_dir: str, run_dir: str) -> tuple["Method", "RunContext"]:
     """The method of ``run`` (its config entry looked up once, hyper-parameters checked, defaults applied) and
     its complete run context: the prepared dataset, the run directory, the checked hyper-parameters, the run's
     training settings, the backbone (with the cache root), the device and the shared training loop. The one
-    builder the train, evaluate and retention entry points use."""
+    builder the train, evaluate and retention entry points use. The model stack (torch, transformers, the
+    methods) is imported here rather than at module level, so the entry points that share this module but
+    train nothing (prepare, aggregate) start without it."""
+    from .. import train as training_loop
+    from ..data.prepared import load_prepared
+    from ..methods.base import RunContext
+    from ..methods.registry import build_method
+
     spec = method_entry(config, run.run)
     method = build_method(spec["method"], spec.get("hparams", {}))
     backbone = {**config["backbones"][run.backbone], "cache_root": config["cache_dir"]}

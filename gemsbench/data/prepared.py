@@ -20,11 +20,14 @@ history events to show.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from ..atomic import DamagedFile, atomic_write_json, atomic_write_parquet, read_json
 
@@ -64,6 +67,8 @@ EXAMPLE_COLUMNS = (
     "candidates",  # list[int], targets followed by sampled negatives (valid/test); [] for train
     "ts",  # int, time of the target event
 )
+#: the example columns that hold lists
+LIST_COLUMNS = ("history", "history_task", "history_query", "targets", "candidates")
 
 
 class PreparedDataError(ValueError):
@@ -72,14 +77,22 @@ class PreparedDataError(ValueError):
 
 @dataclass
 class PreparedDataset:
-    """A prepared dataset loaded into memory."""
+    """A prepared dataset: its items, statistics and metadata in memory; the events and each split's examples
+    read (by ``read``, a file name -> table) on first use, so that a job reads only the tables it needs (an
+    evaluation job never reads the training examples, the largest table)."""
 
     root: Path
     items: pd.DataFrame
-    events: pd.DataFrame
-    splits: dict[str, pd.DataFrame]
     stats: dict
     meta: dict
+    read: Callable[[str], pd.DataFrame] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        self.splits: Mapping[str, pd.DataFrame] = _Splits(self.read)
+
+    @functools.cached_property
+    def events(self) -> pd.DataFrame:
+        return self.read("events.parquet")
 
     @property
     def n_items(self) -> int:
@@ -88,6 +101,29 @@ class PreparedDataset:
     @property
     def name(self) -> str:
         return self.meta.get("dataset", self.root.name)
+
+
+class _Splits(Mapping):
+    """Split name -> example table, each read once, on first access."""
+
+    def __init__(self, read: Callable[[str], pd.DataFrame]):
+        self._read, self._tables = read, {}
+
+    def __getitem__(self, split: str) -> pd.DataFrame:
+        if split not in SPLITS:
+            raise KeyError(f"no split {split!r}; a prepared dataset has {list(SPLITS)}")
+        if split not in self._tables:
+            df = self._read(f"{split}.parquet")
+            for col in LIST_COLUMNS:
+                df[col] = df[col].map(np.ndarray.tolist)  # python ints, as the examples were written
+            self._tables[split] = df
+        return self._tables[split]
+
+    def __iter__(self):
+        return iter(SPLITS)
+
+    def __len__(self) -> int:
+        return len(SPLITS)
 
 
 def _require_columns(df: pd.DataFrame, columns, what: str) -> None:
@@ -148,7 +184,8 @@ PREPARE_HINT = ("run the prepare step again (`snakemake` does, for the dataset's
 
 def load_prepared(root: Path) -> PreparedDataset:
     """A prepared dataset from its directory; a missing file, or one that does not read, is an error naming it
-    and the fix (preparing the dataset again)."""
+    and the fix (preparing the dataset again). Every table's parquet footer is checked here, so damage is
+    reported when the dataset is opened; the tables themselves are read when first used."""
     root = Path(root)
     if not (root / "stats.json").exists():
         raise PreparedDataError(f"{root} is not a prepared dataset (no stats.json); {PREPARE_HINT}")
@@ -157,18 +194,20 @@ def load_prepared(root: Path) -> PreparedDataset:
         raise PreparedDataError(f"{root} lacks {missing}: delete the directory and {PREPARE_HINT}")
     remedy = f"delete {root} and {PREPARE_HINT}"
 
-    def table(name: str) -> pd.DataFrame:
+    def damaged(name: str, e: Exception) -> DamagedFile:
+        return DamagedFile(root / name, e, remedy)
+
+    def read(name: str) -> pd.DataFrame:
         try:
             return pd.read_parquet(root / name)
         except Exception as e:  # noqa: BLE001 - pyarrow reports damage through many exception types
-            raise DamagedFile(root / name, e, remedy) from e
+            raise damaged(name, e) from e
 
-    items, events = table("items.parquet"), table("events.parquet")
-    splits = {}
-    for split in SPLITS:
-        df = table(f"{split}.parquet")
-        for col in ("history", "history_task", "history_query", "targets", "candidates"):
-            df[col] = df[col].map(list)
-        splits[split] = df
+    for name in PREPARED_FILES:
+        if name.endswith(".parquet"):
+            try:
+                pq.read_metadata(root / name)
+            except Exception as e:  # noqa: BLE001 - as above
+                raise damaged(name, e) from e
     stats, meta = read_json(root / "stats.json", remedy), read_json(root / "meta.json", remedy)
-    return PreparedDataset(root, items, events, splits, stats, meta)
+    return PreparedDataset(root, read("items.parquet"), stats, meta, read)
