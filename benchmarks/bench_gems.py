@@ -197,6 +197,15 @@ def run_worker(variant: str, fmt: str, batch: str, args) -> dict:
     return result
 
 
+def measured_commit() -> str:
+    """The commit measured, with ``+dirty`` when tracked files differ from it (such a reading is not committed)."""
+    from gemsbench.cli.train import git_commit
+
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True, cwd=ROOT).stdout.strip()
+    return git_commit() + ("+dirty" if dirty else "")
+
+
 def _relative(path) -> str:
     """A path as written into the report: relative to the repository when inside it (no machine paths)."""
     path = Path(path).resolve()
@@ -230,10 +239,31 @@ def ratios(results: dict) -> dict:
     return out
 
 
+def summary_lines(report: dict) -> list[str]:
+    """GEMS over full fine-tuning per batch setting and format: steady and amortised step time, peak memory,
+    each against its target where the issue sets one (the paper's batch)."""
+    lines = ["| batch | format | GEMS / full FT steady | amortised | peak memory | targets (paper batch) |",
+             "|---|---|---|---|---|---|"]
+    for batch, by_format in report["ratios"].items():
+        for fmt, by_variant in by_format.items():
+            r = by_variant.get("gems")
+            if r is None:
+                continue
+            target = ""
+            if batch == "paper":
+                time_ok = "met" if r["amortised"] <= TARGETS[fmt] else "NOT met"
+                memory_ok = "met" if r["memory"] <= MEMORY_TARGET else "NOT met"
+                target = f"≤ {TARGETS[fmt]}× per step: {time_ok}; memory ≤ {MEMORY_TARGET}×: {memory_ok}"
+            lines.append(f"| {batch} | {fmt} | {r['steady']}× | {r['amortised']}× | {r['memory']}× | {target} |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     lines = [f"# GEMS step cost ({report['device']}, {report['threads']} threads, {report['steps']} steps of which "
-             f"{report['warmup']} warm-up, SVD refresh measured with update_gap {report['gap']})", "",
+             f"{report['warmup']} warm-up, SVD refresh measured with update_gap {report['gap']}; commit "
+             f"{report.get('commit', 'not recorded')})", "",
              f"Knowledge space: {report['knowledge_space']['collection']}.", "",
+             *summary_lines(report), "",
              "| batch | format | variant | steady s/step | × full FT | amortised s/step | × full FT | first step s "
              "| warm-up s/step | SVD s/refresh | SVD share | peak memory GiB | × full FT | load avg |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -262,7 +292,8 @@ def main(args) -> None:
     args.cache_root.mkdir(parents=True, exist_ok=True)
     args.data = dataset_dir(args.cache_root)
     start = time.perf_counter()
-    report = {"steps": args.steps, "warmup": args.warmup, "gap": args.gap, "data": _relative(args.data),
+    report = {"commit": measured_commit(), "steps": args.steps, "warmup": args.warmup, "gap": args.gap,
+              "data": _relative(args.data),
               "threads": torch.get_num_threads(),
               "device": default_config()["device"], "knowledge_space": knowledge_space(args), "results": {}}
     for batch in args.batches:
