@@ -16,6 +16,7 @@ inside its arenas (kept for reuse, still resident), bytes in mmapped chunks.
 
     python benchmarks/memory_step.py --variant gems --format prompt --batch paper --steps 2
     python benchmarks/memory_step.py --variant full_ft --format timeline --batch paper --steps 2
+    python benchmarks/memory_step.py --variant gems --glibc-defaults   # without the loop's allocator setting
 
 Uses ``bench_gems.build_run`` (config/reference.yaml's train settings, the embedded data, no conflict
 measurement). Writes nothing; prints one table per step.
@@ -223,7 +224,10 @@ def main(args) -> None:
         method, ctx, _ = bench_gems.build_run(args.variant, args.format, args.steps, args.gap, data,
                                               args.cache_root, run_dir, batch=bench_gems.BATCHES[args.batch])
         import gemsbench.train
-        gemsbench.train.keep_freed_host_memory()  # as train_llm does
+        if args.glibc_defaults:  # glibc's own thresholds: freed large chunks go back to the OS
+            gemsbench.train.keep_freed_host_memory = lambda: False
+        else:
+            gemsbench.train.keep_freed_host_memory()  # as train_llm does
         method.fit(ctx)
     tracker._stop.set()
     peak = max(tracker.peaks.values())
@@ -258,5 +262,7 @@ if __name__ == "__main__":
     p.add_argument("--gap", type=int, default=4, help="update_gap of the subspace methods (step 0 refreshes)")
     p.add_argument("--interval", type=float, default=0.005, help="seconds between RSS samples")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--glibc-defaults", action="store_true",
+                   help="leave glibc's trim and mmap thresholds alone (the loop raises both to keep freed memory)")
     p.add_argument("--cache-root", type=Path, default=bench_gems.ROOT / "cache")
     main(p.parse_args())
