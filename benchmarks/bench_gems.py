@@ -23,7 +23,9 @@ cost the same per step whatever the batch while the model's passes grow with it,
 batch overstates what a user at the paper's batch pays.
 
 Ratios are against full fine-tuning measured in the same invocation and batch setting: steady and amortised
-step time, and peak memory. Targets from the issue, at the paper's batch: GEMS within 1.15x of full
+step time, and peak memory — on a CPU both the peak RSS and the peak bytes in use (``InUseSampler``: RSS also
+counts freed memory glibc keeps in its arenas, which depends on how the heap fragments). The output starts with
+a GEMS / full FT summary per batch setting and format, and records the commit it measured. Targets from the issue, at the paper's batch: GEMS within 1.15x of full
 fine-tuning per step in the prompt format, 1.75x in the timeline format (whose floor is about 5/3: one forward
 and two backward passes against one and one), peak memory within 1.0x. A shared machine makes single steps
 noisy: the load average at each worker's start and end is recorded with its numbers.
