@@ -16,7 +16,7 @@ dry-run: setup
 lint: setup
 	. .venv/bin/activate && snakemake --lint
 
-bench: setup  ## GEMS vs full fine-tuning vs LoRA seconds per step and memory (ratios from one run)
+bench: setup  ## GEMS vs full FT vs LoRA: s/step and peak memory at the config and the paper batch, both formats (ratios from one run)
 	. .venv/bin/activate && python benchmarks/bench_gems.py
 
 bench-throughput: setup  ## tokens/s, targets/s, model FLOP/s and MFU of full FT, LoRA and GEMS (both formats, one run)

@@ -23,7 +23,9 @@ cost the same per step whatever the batch while the model's passes grow with it,
 batch overstates what a user at the paper's batch pays.
 
 Ratios are against full fine-tuning measured in the same invocation and batch setting: steady and amortised
-step time, and peak memory. Targets from the issue, at the paper's batch: GEMS within 1.15x of full
+step time, and peak memory — on a CPU both the peak RSS and the peak bytes in use (``InUseSampler``: RSS also
+counts freed memory glibc keeps in its arenas, which depends on how the heap fragments). The output starts with
+a GEMS / full FT summary per batch setting and format, and records the commit it measured. Targets from the issue, at the paper's batch: GEMS within 1.15x of full
 fine-tuning per step in the prompt format, 1.75x in the timeline format (whose floor is about 5/3: one forward
 and two backward passes against one and one), peak memory within 1.0x. A shared machine makes single steps
 noisy: the load average at each worker's start and end is recorded with its numbers.
@@ -129,6 +131,47 @@ def read_log(run_dir: Path) -> list[dict]:
 
 
 # --- worker: one variant, one format, in its own process ----------------------------------------------
+class InUseSampler:
+    """Peak bytes glibc's allocator has handed out and not taken back (``mallinfo2``), sampled every
+    ``interval`` seconds in a thread. Peak RSS also counts memory freed into the allocator's arenas and kept
+    there for reuse (the loop asks glibc to keep it, ``keep_freed_host_memory``), so it depends on how the
+    heap fragments; the in-use peak is what the run's tensors and buffers really held at once, the CPU
+    counterpart of CUDA's max-allocated. None where the C library is not glibc."""
+
+    def __init__(self, interval: float = 0.01):
+        import ctypes
+        import threading
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
+        try:
+            self._mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+            self._mallinfo2.restype = MallInfo2
+        except (OSError, AttributeError):
+            self._mallinfo2 = None
+        self.peak: int | None = None
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            info = self._mallinfo2()
+            self.peak = max(self.peak or 0, info.uordblks + info.hblkhd)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "InUseSampler":
+        if self._mallinfo2 is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
 def worker(args) -> dict:
     import torch
 
@@ -137,7 +180,8 @@ def worker(args) -> dict:
         method, ctx, configured_gap = build_run(args.variant, args.format, args.steps, args.gap, args.data,
                                                 args.cache_root, run_dir, batch=BATCHES[args.batch])
         start = time.perf_counter()
-        summary = method.fit(ctx)
+        with InUseSampler() as in_use:
+            summary = method.fit(ctx)
         wall = time.perf_counter() - start
         log = read_log(run_dir)
     cuda = torch.cuda.is_available() and summary["device"].startswith("cuda")
@@ -152,6 +196,7 @@ def worker(args) -> dict:
             "peak_memory_bytes": int(torch.cuda.max_memory_allocated()) if cuda else
             int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
             "memory_kind": "cuda max allocated" if cuda else "peak RSS of the worker process",
+            "peak_in_use_bytes": None if cuda else in_use.peak,
             "optimizer_state_bytes": summary["optimizer_state_bytes"],
             "trainable_parameters": summary["trainable_parameters"],
             "load_average": [round(load_start, 2), round(load_average(), 2)]}
@@ -197,6 +242,15 @@ def run_worker(variant: str, fmt: str, batch: str, args) -> dict:
     return result
 
 
+def measured_commit() -> str:
+    """The commit measured, with ``+dirty`` when tracked files differ from it (such a reading is not committed)."""
+    from gemsbench.cli.train import git_commit
+
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True, cwd=ROOT).stdout.strip()
+    return git_commit() + ("+dirty" if dirty else "")
+
+
 def _relative(path) -> str:
     """A path as written into the report: relative to the repository when inside it (no machine paths)."""
     path = Path(path).resolve()
@@ -225,18 +279,47 @@ def ratios(results: dict) -> dict:
             out.setdefault(batch, {})[fmt] = {
                 v: {"steady": round(r["steady"] / base["steady"], 3),
                     "amortised": round(r["amortised"] / base["steady"], 3),
-                    "memory": round(r["peak_memory_bytes"] / base["peak_memory_bytes"], 3)}
+                    "memory": round(r["peak_memory_bytes"] / base["peak_memory_bytes"], 3),
+                    "in_use": round(r["peak_in_use_bytes"] / base["peak_in_use_bytes"], 3)
+                    if r.get("peak_in_use_bytes") and base.get("peak_in_use_bytes") else None}
                 for v, r in by_variant.items()}
     return out
 
 
+def summary_lines(report: dict) -> list[str]:
+    """GEMS over full fine-tuning per batch setting and format: steady and amortised step time, peak memory,
+    each against its target where the issue sets one (the paper's batch)."""
+    lines = ["| batch | format | GEMS / full FT steady | amortised | peak memory | peak in use | targets (paper batch) |",
+             "|---|---|---|---|---|---|---|"]
+    for batch, by_format in report["ratios"].items():
+        for fmt, by_variant in by_format.items():
+            r = by_variant.get("gems")
+            if r is None:
+                continue
+            target = ""
+            if batch == "paper":
+                time_ok = "met" if r["amortised"] <= TARGETS[fmt] else "NOT met"
+                memory_ok = "met" if r["memory"] <= MEMORY_TARGET else "NOT met"
+                in_use_ok = "" if r.get("in_use") is None else \
+                    f", in use {'met' if r['in_use'] <= MEMORY_TARGET else 'NOT met'}"
+                target = f"≤ {TARGETS[fmt]}× per step (amortised): {time_ok}; memory ≤ {MEMORY_TARGET}×: RSS " \
+                         f"{memory_ok}{in_use_ok}"
+            in_use = "" if r.get("in_use") is None else f"{r['in_use']}×"
+            lines.append(f"| {batch} | {fmt} | {r['steady']}× | {r['amortised']}× | {r['memory']}× | {in_use} | "
+                         f"{target} |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     lines = [f"# GEMS step cost ({report['device']}, {report['threads']} threads, {report['steps']} steps of which "
-             f"{report['warmup']} warm-up, SVD refresh measured with update_gap {report['gap']})", "",
+             f"{report['warmup']} warm-up, SVD refresh measured with update_gap {report['gap']}; commit "
+             f"{report.get('commit', 'not recorded')})", "",
              f"Knowledge space: {report['knowledge_space']['collection']}.", "",
+             *summary_lines(report), "",
              "| batch | format | variant | steady s/step | × full FT | amortised s/step | × full FT | first step s "
-             "| warm-up s/step | SVD s/refresh | SVD share | peak memory GiB | × full FT | load avg |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| warm-up s/step | SVD s/refresh | SVD share | peak memory GiB | × full FT | peak in use GiB | × full FT "
+             "| load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [(batch, fmt, variant, r) for batch, by_format in report["results"].items()
             for fmt, by_variant in by_format.items() for variant, r in by_variant.items()]
     for batch, fmt, variant, r in rows:
@@ -244,15 +327,20 @@ def markdown(report: dict) -> str:
         svd = "" if r["svd_seconds_per_refresh"] is None else f"{r['svd_seconds_per_refresh']:.1f}"
         share = "" if r["svd_share"] is None else f"{100 * r['svd_share']:.0f} %"
         warm = "" if r["warmup"] is None else f"{r['warmup']:.2f}"
+        in_use = "" if r.get("peak_in_use_bytes") is None else f"{r['peak_in_use_bytes'] / 2**30:.2f}"
         lines.append(f"| {batch} ({r['batch_size']}×{r['grad_accum']}) | {fmt} | {variant} | {r['steady']:.2f} | "
                      f"{ratio.get('steady', '')} | {r['amortised']:.2f} | {ratio.get('amortised', '')} | "
                      f"{r['first']:.1f} | {warm} | {svd} | {share} | {r['peak_memory_bytes'] / 2**30:.2f} | "
-                     f"{ratio.get('memory', '')} | {r['load_average'][0]}–{r['load_average'][1]} |")
+                     f"{ratio.get('memory', '')} | {in_use} | {ratio.get('in_use') or ''} | "
+                     f"{r['load_average'][0]}–{r['load_average'][1]} |")
     lines += ["", "Targets (GEMS vs full FT at the paper's batch): " + ", ".join(
                   f"{f} ≤ {t}× per step" for f, t in TARGETS.items()) + f", peak memory ≤ {MEMORY_TARGET}×.",
               "Batch = units (prompts or windows) per step's pass group × accumulation steps; `config` is the "
               "config's, `paper` the paper's effective batch (32 prompts × 4 accumulation steps).",
-              "Amortised = steady + (refresh step − steady) / the method's configured update_gap."]
+              "Amortised = steady + (refresh step − steady) / the method's configured update_gap.",
+              "Peak memory = the worker's peak RSS on a CPU (CUDA max-allocated on a GPU); peak in use = the most "
+              "bytes glibc's allocator had handed out at once (sampled every 10 ms): RSS also counts freed memory "
+              "the allocator keeps in its arenas for reuse, which depends on how the heap fragments."]
     return "\n".join(lines) + "\n"
 
 
@@ -262,7 +350,8 @@ def main(args) -> None:
     args.cache_root.mkdir(parents=True, exist_ok=True)
     args.data = dataset_dir(args.cache_root)
     start = time.perf_counter()
-    report = {"steps": args.steps, "warmup": args.warmup, "gap": args.gap, "data": _relative(args.data),
+    report = {"commit": measured_commit(), "steps": args.steps, "warmup": args.warmup, "gap": args.gap,
+              "data": _relative(args.data),
               "threads": torch.get_num_threads(),
               "device": default_config()["device"], "knowledge_space": knowledge_space(args), "results": {}}
     for batch in args.batches:

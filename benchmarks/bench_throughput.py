@@ -127,15 +127,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def measured_commit() -> str:
-    """The commit measured, with ``+dirty`` when tracked files differ from it (such a reading is not committed)."""
-    from gemsbench.cli.train import git_commit
-
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True, cwd=ROOT).stdout.strip()
-    return git_commit() + ("+dirty" if dirty else "")
-
-
 def main(args) -> None:
     import torch
 
@@ -145,7 +136,7 @@ def main(args) -> None:
     knowledge = bench_gems.knowledge_space(args) if "gems" in args.variants else None
     results = {fmt: {v: run_worker(v, fmt, args) for v in args.variants} for fmt in args.formats}
     first = next(iter(next(iter(results.values())).values()))
-    report = {"commit": measured_commit(), "steps": args.steps, "batch_size": args.batch_size or "config",
+    report = {"commit": bench_gems.measured_commit(), "steps": args.steps, "batch_size": args.batch_size or "config",
               "warmup": args.warmup, "threads": first["threads"], "device": first["device"],
               "precision": first["precision"], "body_parameters": first["body_parameters"],
               "gemm": {k: first["gemm"][k] for k in ("fp32", "bf16")}, "knowledge_space": knowledge,

@@ -116,7 +116,6 @@ class TaskSplit:
         self._fallback = [i for i in range(len(self.params)) if i not in split]
         self._split = sorted(split)
         self._armed: dict | None = None  # row maps while a rows() forward runs
-        self._pending: list = []  # (module entry, input, args, kwargs, row map) of the armed forward
         self._hooks = [entry[1].register_forward_hook(self._forward_hook(entry), with_kwargs=True)
                        for entry in self._modules]
         self._recomputing = False
@@ -240,18 +239,27 @@ class TaskSplit:
                 x2 = xt.reshape(-1, xt.shape[-1]).to(d2.dtype)
                 for i in owned:
                     p = self.params[i]
-                    if p is module.weight:
+                    acc = self.grads[t][i]
+                    if p is module.weight and acc is not None and acc.dtype == d2.dtype:
+                        acc.addmm_(d2.T, x2)  # into the accumulator: no out×in temporary per layer and pass
+                    elif p is module.weight:
                         self._add(t, i, (d2.T @ x2).to(p.dtype))
                     elif p is module.bias:
                         self._add(t, i, d2.sum(0).to(p.dtype))
             elif kind == "embedding":
                 (i,) = owned
                 p = self.params[i]
-                g = torch.zeros(p.shape, dtype=d.dtype, device=d.device)
-                g.index_add_(0, xt.reshape(-1), d.reshape(-1, d.shape[-1]))
+                ids, rows = xt.reshape(-1), d.reshape(-1, d.shape[-1])
                 if module.padding_idx is not None:  # as nn.Embedding: the padding row gets no gradient
-                    g[module.padding_idx] = 0
-                self._add(t, i, g.to(p.dtype))
+                    keep = ids != module.padding_idx
+                    ids, rows = ids[keep], rows[keep]
+                acc = self.grads[t][i]
+                if acc is not None and acc.dtype == rows.dtype:
+                    acc.index_add_(0, ids, rows)  # into the accumulator: no vocabulary-sized temporary
+                else:
+                    g = torch.zeros(p.shape, dtype=d.dtype, device=d.device)
+                    g.index_add_(0, ids, rows)
+                    self._add(t, i, g.to(p.dtype))
             else:  # row-local recomputation
                 self._local_vjp(module, owned, t, xt, args, kwargs, d)
 
@@ -322,11 +330,19 @@ class TaskSplit:
             self._grad_into(t, loss, retain=retain_graph)
 
     def _grad_into(self, t: int, loss: Tensor, retain: bool) -> None:
-        grads = torch.autograd.grad(loss, self.params, retain_graph=retain, allow_unused=True)
+        """One backward pass of ``loss`` into task ``t``'s accumulators. Each accumulator stands in ``p.grad``
+        during the pass, so autograd adds every weight's gradient into it as soon as it is computed (in place,
+        as for any accumulated ``p.grad``) instead of returning a second full set of gradients at the end."""
+        acc = self.grads[t]
+        kept = [p.grad for p in self.params]
+        for p, a in zip(self.params, acc):
+            p.grad = a
+        try:
+            torch.autograd.backward(loss, retain_graph=retain, inputs=self.params)
+        finally:
+            for i, (p, g) in enumerate(zip(self.params, kept)):
+                acc[i], p.grad = p.grad, g
         self.backward_passes += 1
-        for i, g in enumerate(grads):
-            if g is not None:
-                self._add(t, i, g)
 
     # --- end of step -------------------------------------------------------------------------------
     def finish(self, n_rec: int, n_search: int, without_joint: Iterable[nn.Parameter] = ()

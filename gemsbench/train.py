@@ -479,6 +479,9 @@ class Loop:
                     self.clip(tg)
                 before = self.item_rows_before_step() if self.item_rows else None
                 extra = self.method.optimizer_step(self.optimizer, tg)
+                # the task gradients (two tensors the size of every trainable weight) are spent: dropped here,
+                # not when the next step's task_backward returns, they would sit beside its accumulators
+                tg = None
                 if before:
                     self.scale_item_updates(before)
                 log_seconds += float(extra.pop("log_seconds", 0.0))
