@@ -17,14 +17,14 @@ def trainer(wildcards, resources):
     first node of the allocation. torchrun reads ``--run`` as an abbreviation of its own ``--run-path`` unless
     ``--`` ends its options."""
     processes, nodes = train_processes(wildcards, resources)
-    module = "-m gemsbench.cli.train"
+    entry = "-m gemsbench.cli.train"
     if nodes > 1:
         return (f"srun --nodes {nodes} --ntasks-per-node 1 torchrun --nnodes {nodes} --nproc_per_node {processes} "
                 "--rdzv_backend c10d --rdzv_id $SLURM_JOB_ID "
-                f"--rdzv_endpoint $(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1):29500 {module} --")
+                f"--rdzv_endpoint $(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1):29500 {entry} --")
     if processes > 1:
-        return f"torchrun --standalone --nproc_per_node {processes} {module} --"
-    return f"python {module}"
+        return f"torchrun --standalone --nproc_per_node {processes} {entry} --"
+    return f"python {entry}"
 
 
 def threads_per_process(wildcards, threads, resources):
