@@ -137,18 +137,23 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
                                    eos_token="</s>")
 
 
-def tiny_model(kind: str, vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2) -> nn.Module:
+def tiny_model(kind: str, vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2,
+               dropout: float | None = None) -> nn.Module:
+    """A random-initialised tiny model; ``dropout`` None keeps the architecture's own (T5 0.1, Llama 0). A
+    dropout-free T5 trains the same on any number of processes (dropout masks depend on each process's rows)."""
     torch.manual_seed(seed)
+    extra = {} if dropout is None else {"attention_dropout" if kind == "tiny_llama" else "dropout_rate": dropout}
     if kind == "tiny_llama":
         cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
                           num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                           max_position_embeddings=1024, tie_word_embeddings=True, pad_token_id=1,
-                          eos_token_id=2, bos_token_id=2)
+                          eos_token_id=2, bos_token_id=2, **extra)
         return LlamaForCausalLM(cfg)
     if kind == "tiny_t5":
         cfg = T5Config(vocab_size=vocab_size, d_model=hidden, d_kv=8, d_ff=2 * hidden, num_layers=layers,
                        num_decoder_layers=layers, num_heads=4, feed_forward_proj="gated-gelu",
-                       tie_word_embeddings=False, pad_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+                       tie_word_embeddings=False, pad_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+                       **extra)
         return T5ForConditionalGeneration(cfg)
     raise BackboneError(f"unknown tiny model kind {kind!r}; use tiny_llama or tiny_t5")
 
@@ -164,7 +169,7 @@ def load_backbone(spec: dict, cache_root: Path | None = None) -> Backbone:
     if source in ("tiny_llama", "tiny_t5"):
         tok = char_tokenizer()
         model = tiny_model(source, len(tok), seed=spec.get("seed", 0), hidden=spec.get("hidden", 32),
-                           layers=spec.get("layers", 2))
+                           layers=spec.get("layers", 2), dropout=spec.get("dropout"))
         return Backbone(model, tok, source == "tiny_t5", [])
     cache_root = Path(cache_root or "cache")
     if source == "smollm2_gguf":  # one use of the GGUF path, with a cache directory of its own name

@@ -34,6 +34,7 @@ from gems.task_split import TaskSplit
 
 from .atomic import RETRAIN, atomic_torch_save, torch_load
 from .backbone import add_item_tokens, load_backbone
+from .distributed import Reducer, current, joined, local_device, shard
 from .errors import TrainingError  # noqa: F401 - raised here, defined where entry points can catch it cheaply
 from .evaluate import sampled_candidates
 from .formats import Encoder, FormatConfig, batch_tokens, count_labels, shuffled_order, subset_batch
@@ -99,9 +100,11 @@ class TrainSettings:
 
 
 def resolve_device(device: str) -> str:
+    """``auto`` becomes CUDA where available, else the CPU; a bare ``cuda`` becomes this process's own GPU when
+    ``torchrun`` started several (:func:`gemsbench.distributed.local_device`)."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return local_device(device)
 
 
 @dataclass
@@ -197,6 +200,15 @@ class Loop:
         if not self.units:
             raise TrainingError("no training units: the train split is empty for this format")
         per_step = self.s.batch_size * self.s.grad_accum
+        self.world = current()
+        if per_step % self.world.size:
+            raise TrainingError(
+                f"a global batch of train.batch_size × train.grad_accum = {self.s.batch_size} × {self.s.grad_accum}"
+                f" = {per_step} units cannot be split evenly over {self.world.size} processes: start a number of "
+                f"processes that divides {per_step} (config key `processes`), or change train.batch_size")
+        self.reducer = Reducer(self.world, self.device)
+        # every process starts from rank 0's weights (they are built alike under the seed; this makes it certain)
+        self.reducer.broadcast_(self.params)
         # max_epochs, when set, decides the length (and so the schedule); max_steps then caps it
         by_epochs = math.ceil(self.s.max_epochs * len(self.units) / per_step) if self.s.max_epochs > 0 else None
         self.total_steps = min(by_epochs, self.s.max_steps) if by_epochs and self.s.max_steps > 0 \
@@ -231,8 +243,10 @@ class Loop:
         return out
 
     def micro_batches(self, step: int) -> list[dict]:
-        """The step's forward/backward passes, each within ``batch_tokens`` tokens (formats.Encoder.passes)."""
-        return [self._to_device(b) for b in self.b.encoder.train_batches(self.step_units(step), self.s.batch_tokens)]
+        """This process's forward/backward passes of the step (its shard of the global batch, the whole batch for
+        one process), each within ``batch_tokens`` tokens (formats.Encoder.passes)."""
+        units = shard(self.step_units(step), self.world)
+        return [self._to_device(b) for b in self.b.encoder.train_batches(units, self.s.batch_tokens)]
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}
@@ -246,6 +260,8 @@ class Loop:
             return task_loss_sums(self.model, batch, self.b.item_ids, self.b.is_encoder_decoder, self.s.loss_vocab)
 
     def joint_backward(self, batches: list[dict], n_rec: int, n_search: int) -> tuple[float, float]:
+        """The joint gradient of the step into ``p.grad`` (``n_rec``/``n_search``: the step's global target counts,
+        so that the gradients of several processes sum to it); returns the task losses."""
         n = n_rec + n_search
         tot_rec = tot_search = 0.0
         for batch in batches:
@@ -254,7 +270,23 @@ class Loop:
             self._count_backward(batch)
             tot_rec += rec.item()
             tot_search += search.item()
+        if self.reducer.active:
+            # a parameter no process's loss reached keeps p.grad None, as in one process (AdamW then skips it)
+            reached = self.reducer.sum_values([p.grad is not None for p in self.params])
+            for p, hit in zip(self.params, reached):
+                if p.grad is None and hit:
+                    p.grad = torch.zeros_like(p)
+            self.reducer.sum_([p.grad for p in self.params if p.grad is not None])
+            tot_rec, tot_search = self.reduce_step_values([tot_rec, tot_search])
         return tot_rec / max(n_rec, 1), tot_search / max(n_search, 1)
+
+    def reduce_step_values(self, losses: list[float]) -> list[float]:
+        """Sum the loss values and this step's work (tokens, labels) over the processes; returns the losses."""
+        work = [getattr(self.work, f.name) for f in fields(self.work)]
+        summed = self.reducer.sum_values(losses + work)
+        for f, value in zip(fields(self.work), summed[len(losses):]):
+            setattr(self.work, f.name, int(value))
+        return summed[:len(losses)]
 
     def task_backward(self, batches: list[dict], n_rec: int, n_search: int) -> TaskGradients:
         """Both task gradients of the step (:class:`gems.TaskSplit`); leaves the joint gradient in ``p.grad``.
@@ -286,6 +318,12 @@ class Loop:
                                search * scale[1] if n_lab[1] else search.detach())
                 for _ in range(sum(1 for c in n_lab if c)):
                     self._count_backward(batch)
+        if self.reducer.active:
+            # both task gradients summed over the processes BEFORE the joint one is formed from them
+            for task in split.grads:
+                task[:] = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, task)]
+            self.reducer.sum_(split.grads[0] + split.grads[1])
+            split.loss_values = self.reduce_step_values(list(split.loss_values))
         loss_rec, loss_search = split.loss_values
         rec, search = split.finish(n_rec, n_search, without_joint=self.joint_free)
         return TaskGradients(self.params, rec, search, n_rec, n_search, loss_rec, loss_search)
@@ -380,6 +418,9 @@ class Loop:
         return json.loads(json.dumps(spec, sort_keys=True, default=str))  # tuples as lists, as stored
 
     def save_last(self) -> None:
+        """The resume checkpoint, written by rank 0 (every process holds the same weights and optimizer state)."""
+        if not self.world.main:
+            return
         atomic_torch_save({"step": self.step, "model": trainable_state(self.model),
                            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                            "torch_rng": torch.get_rng_state(), "best": self.best,
@@ -387,25 +428,22 @@ class Loop:
 
     def discard_checkpoints(self) -> None:
         """Remove the resume and best checkpoints: what a run starting over must not continue or select."""
+        if not self.world.main:
+            return
         for name in ("last.pt", "best.pt"):
             (self.ckpt_dir / name).unlink(missing_ok=True)
 
     def try_resume(self) -> bool:
         """Continue from ``last.pt`` when it was written for this very run spec. One written for another spec
         (a changed hyper-parameter, setting, dataset, backbone, seed or code default) is never continued: the
-        run starts over, with a warning naming what changed."""
+        run starts over, with a warning naming what changed. Rank 0 decides; every process then loads the same
+        checkpoint, whatever number of processes wrote it (its contents do not depend on it)."""
         path = self.ckpt_dir / "last.pt"
-        if not path.exists():
-            self.discard_checkpoints()
+        ck = self.matching_checkpoint(path) if self.world.main else None
+        if not self.reducer.broadcast(ck is not None):
             return False
-        ck = torch_load(path, "delete it; the run then starts over from step 0", map_location=self.device)
-        recorded = json.loads(ck["spec"]) if "spec" in ck else None
-        if recorded != self.spec:
-            changed = "no run spec recorded: an earlier version of this suite wrote it" if recorded is None \
-                else "; ".join(spec_changes(recorded, self.spec))
-            log.warning("%s was written for another run spec (%s): starting over from step 0", path, changed)
-            self.discard_checkpoints()
-            return False
+        if ck is None:
+            ck = torch_load(path, "delete it; the run then starts over from step 0", map_location=self.device)
         load_trainable_state(self.model, ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
@@ -414,11 +452,28 @@ class Loop:
         log.info("resumed %s at step %d", self.run_dir, self.step)
         return True
 
+    def matching_checkpoint(self, path: Path) -> dict | None:
+        """The resume checkpoint at ``path`` when it was written for this very run spec; else None, and the
+        checkpoints are discarded (with a warning naming what changed, when one was written for another spec)."""
+        if not path.exists():
+            self.discard_checkpoints()
+            return None
+        ck = torch_load(path, "delete it; the run then starts over from step 0", map_location=self.device)
+        recorded = json.loads(ck["spec"]) if "spec" in ck else None
+        if recorded != self.spec:
+            changed = "no run spec recorded: an earlier version of this suite wrote it" if recorded is None \
+                else "; ".join(spec_changes(recorded, self.spec))
+            log.warning("%s was written for another run spec (%s): starting over from step 0", path, changed)
+            self.discard_checkpoints()
+            return None
+        return ck
+
     def diverged(self, loss_rec: float, loss_search: float) -> TrainingError:
         """The error that stops a run whose loss is no longer finite, with advice that fits the run. The resume
         checkpoint is dropped: its weights may already be on the way to divergence, and a rerun continuing
         them would diverge again."""
-        (self.ckpt_dir / "last.pt").unlink(missing_ok=True)
+        if self.world.main:
+            (self.ckpt_dir / "last.pt").unlink(missing_ok=True)
         advice = [f"lower the learning rate (hparams.lr = {self.method.hparams['lr']:g})"
                   if "lr" in self.method.hparams else "lower the learning rate"]
         if self.s.precision != "fp32":
@@ -435,11 +490,13 @@ class Loop:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.try_resume()
         first_step = self.step
-        log_path = self.run_dir / "train_log.jsonl"
+        main = self.world.main  # rank 0 writes the log and the checkpoints; every process trains alike
+        log_path = self.run_dir / "train_log.jsonl" if main else Path(os.devnull)
         kept = []
-        if resumed and log_path.exists():
+        if main and resumed and log_path.exists():
             kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] < self.step]
-        log_path.write_text("".join(line + "\n" for line in kept))
+        if main:
+            log_path.write_text("".join(line + "\n" for line in kept))
         self.model.train()
         t_start = time.time()
         load_start = os.getloadavg()[0]
@@ -447,14 +504,17 @@ class Loop:
         timed_seconds, timed_steps = 0.0, 0  # the method's own cost: without conflict measurement
         timed = StepWork()  # tokens and passes of the timed steps (model FLOPs, MFU)
         ckpt_every = self.s.checkpoint_every or self.s.eval_every
-        with open(log_path, "a") as logf, tqdm(total=self.total_steps, initial=self.step,
+        with open(log_path, "a") as logf, tqdm(total=self.total_steps, initial=self.step, disable=not main,
                                                desc=f"train {self.method.name}", mininterval=5) as bar:
             while self.step < self.total_steps and not self.stopped_early():
                 t0 = time.time()
                 self.work = StepWork()
                 batches = self.micro_batches(self.step)
                 counts = [count_labels(b) for b in batches]
-                n_rec, n_search = sum(c[0] for c in counts), sum(c[1] for c in counts)
+                # the global counts weight every process's losses (a process may hold no example of a task)
+                n_rec, n_search, tokens, passes = map(int, self.reducer.sum_values(
+                    [sum(c[0] for c in counts), sum(c[1] for c in counts), sum(batch_tokens(b) for b in batches),
+                     len(batches)]))
                 conflict_step = bool(self.s.conflict_every and self.step % self.s.conflict_every == 0)
                 want_tasks = self.method.uses_task_gradients or conflict_step
                 self.method.conflict_step = conflict_step  # GEMS adds its subspace cosines on these steps
@@ -494,21 +554,27 @@ class Loop:
                     timed_seconds += dt - log_seconds
                     timed_steps += 1
                     timed.add(self.work)
+                if self.reducer.active:
+                    entry["processes"] = self.world.size
+                    entry["allreduce_bytes"] = self.reducer.take_bytes()
                 entry.update(loss_rec=loss_rec if n_rec else None, loss_search=loss_search if n_search else None,
-                             n_rec=n_rec, n_search=n_search, tokens=sum(batch_tokens(b) for b in batches),
-                             passes=len(batches), model_flops=self.work.flops(self.b.body_parameters,
+                             n_rec=n_rec, n_search=n_search, tokens=tokens,
+                             passes=passes, model_flops=self.work.flops(self.b.body_parameters,
                                                                                self.head_width),
                              lr=self.scheduler.get_last_lr()[0], seconds=dt,
                              log_seconds=round(log_seconds, 4), measurement_pass=measurement_pass,
                              **extra)
                 self.step += 1
                 if self.step % self.s.eval_every == 0 or self.step == self.total_steps:
-                    val = self.validate()
+                    self.reducer.check_same(self.params, "weights")
+                    # rank 0 validates the whole subset: the selection every process follows
+                    val = self.reducer.broadcast(self.validate() if main else None)
                     entry.update(val)
                     value = self.selection_value(val)
                     if self.best["metric"] is None or value > self.best["metric"]:
                         self.best = {"metric": value, "step": self.step, "evals_since": 0}
-                        atomic_torch_save(trainable_state(self.model), self.ckpt_dir / "best.pt")
+                        if main:
+                            atomic_torch_save(trainable_state(self.model), self.ckpt_dir / "best.pt")
                     else:
                         self.best["evals_since"] += 1
                 logf.write(json.dumps(entry) + "\n")
@@ -521,7 +587,8 @@ class Loop:
                 bar.update(1)
                 bar.set_postfix(rec=f"{loss_rec:.3f}", search=f"{loss_search:.3f}")
         # last.pt (weights + optimizer state) only serves resuming an interrupted run: drop it once finished
-        (self.ckpt_dir / "last.pt").unlink(missing_ok=True)
+        if main:
+            (self.ckpt_dir / "last.pt").unlink(missing_ok=True)
         flops = timed.flops(self.b.body_parameters, self.head_width)
         gemm = gemm_rate(self.b.precision, self.device) if timed_seconds > 0 else None
         summary = {
@@ -548,6 +615,7 @@ class Loop:
             "targets_per_epoch": sum(self.b.encoder.unit_targets(u) for u in self.units),
             # 1-minute load average of the machine at start and end: timings taken beside other jobs read higher
             "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+            "processes": self.world.size,
         }
         return summary
 
@@ -643,8 +711,11 @@ def keep_freed_host_memory() -> bool:
 
 
 def train_llm(method: LLMMethod, ctx: RunContext) -> dict:
+    """Train one run; under ``torchrun`` every process calls this and takes its shard of each global batch
+    (:mod:`gemsbench.distributed`). Every process returns the same summary, rank 0's timings aside."""
     keep_freed_host_memory()
-    return Loop(method, ctx).run()
+    with joined(resolve_device(ctx.device)):
+        return Loop(method, ctx).run()
 
 
 class LLMScorer:

@@ -166,3 +166,19 @@ def test_convergence_table_has_every_llm_runs_validations(dag_run):
         assert grp["value"].between(0, 1).all()
     summary = pd.read_csv(res / "tables" / "convergence_summary.csv")
     assert set(summary["run"]) == llm
+
+
+def test_a_config_asking_for_two_processes_trains_llm_runs_under_torchrun(tmp_path):
+    """`processes: 2` starts LLM runs with torchrun (threads shared out); other methods stay one plain process."""
+    config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    config.update(processes=2, results_dir=str(tmp_path / "results"), paper_figures_dir=str(tmp_path / "figures"))
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(config))
+    r = snakemake(tmp_path, "-n", "-p", "--cores", "2", configfile=path)
+    assert r.returncode == 0, r.stderr
+    commands = [line for line in r.stdout.splitlines() if "-m gemsbench.cli.train" in line]
+    llm = [c for c in commands if "--run popularity" not in c]
+    assert llm and all("OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m gemsbench.cli.train -- "
+                       "--config" in c for c in llm)
+    assert any("--run popularity" in c and "OMP_NUM_THREADS=2 python -m gemsbench.cli.train --config" in c
+               for c in commands)

@@ -67,6 +67,7 @@ from gems.targets import DEFAULT_TARGETS
 
 from ..atomic import atomic_write_json
 from ..corpus import CORPORA
+from ..distributed import current, main_first
 from ..knowledge import (KnowledgeSpace, ensure_eigendecompositions, ensure_knowledge_space, knowledge_space_path,
                          layer_type_summary, load_eigendecompositions, null_space_row)
 from ..modeling import resolve_precision
@@ -167,11 +168,12 @@ class SubspaceMethod(LLMMethod):
         space = self.knowledge_space()
         cache_root = ctx.backbone.get("cache_root", "cache")
         path = knowledge_space_path(cache_root, ctx.backbone, space)
-        if not path.exists():
-            log.warning("knowledge space %s is not cached (the DAG's knowledge_space rule makes it); collecting "
-                        "it now on the plain backbone", path)
-            ensure_knowledge_space(ctx.backbone, cache_root, space)
-        ensure_eigendecompositions(path)
+        with main_first():
+            if not path.exists():
+                log.warning("knowledge space %s is not cached (the DAG's knowledge_space rule makes it); "
+                            "collecting it now on the plain backbone", path)
+                ensure_knowledge_space(ctx.backbone, cache_root, space)
+            ensure_eigendecompositions(path)
         decompositions = load_eigendecompositions(path, ctx.backbone, space, hp["null_side"], modules)
         option = {"tau": hp["null_tau"]} if hp["null_rule"] == "threshold" else {"energy": hp["null_energy"]}
         value = next(iter(option.values()))
@@ -188,6 +190,8 @@ class SubspaceMethod(LLMMethod):
         for entry in summary:
             log.info("null space of %s (%s side): mean %.1f / %d", entry["layer_type"], entry["side"],
                      entry["mean_null_dim"], entry["total_dim"])
+        if not current().main:
+            return  # the other processes of a multi-process run attach the same projectors; rank 0 writes
         atomic_write_json({"knowledge_space": str(path), "corpus": space.corpus, "articles": space.articles,
                            "max_tokens": space.max_tokens, "side": hp["null_side"], "rule": hp["null_rule"],
                            "value": value, "fallback_fraction": hp["null_fallback_fraction"],
