@@ -252,8 +252,9 @@ def measured_commit() -> str:
 
 
 def _relative(path) -> str:
-    """A path as written into the report: relative to the repository when inside it (no machine paths)."""
-    path = Path(path).resolve()
+    """A path as written into the report: relative to the repository when inside it (no machine paths).
+    Symbolic links are not followed: a checkout whose ``cache`` links elsewhere still writes ``cache/...``."""
+    path = Path(os.path.abspath(path))
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 

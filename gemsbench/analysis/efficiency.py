@@ -11,7 +11,7 @@ import pandas as pd
 
 from .table import Table
 from .render import labels as run_labels
-from .render import latex_document, latex_escape, markdown_rows, seeds_phrase, write_csv, write_text
+from .render import latex_document, latex_escape, markdown_rows, seeds_phrase, write_grouped
 
 #: efficiency quantities of a training summary: (key, column header, factor from the stored unit, format)
 EFFICIENCY_FIELDS = [
@@ -128,15 +128,7 @@ def efficiency_latex(summary: pd.DataFrame, title: str) -> str:
 
 def make(config: dict, inputs: dict[str, list[Path]], out: Path) -> str:
     summary = efficiency_summary(collect_efficiency(inputs["summaries"], run_labels(config)))
-    write_csv(summary, out / "efficiency.csv")
-    md, tex = [], []
-    for (dataset, backbone), grp in summary.groupby(["dataset", "backbone"], sort=False):
-        title = efficiency_title(grp, dataset, backbone)
-        md.append(efficiency_markdown(grp, title))
-        tex.append(efficiency_latex(grp, title))
-    write_text("\n".join(md), out / "efficiency.md")
-    write_text("\n".join(tex), out / "efficiency.tex")
-    return f"efficiency table: {out / 'efficiency.md'}"
+    return write_grouped(summary, out, "efficiency", efficiency_title, efficiency_markdown, efficiency_latex)
 
 
 TABLE = Table(name="efficiency", inputs={"summaries": "training"},

@@ -34,6 +34,21 @@ def write_text(text: str, path: Path) -> None:
     atomic_write_text(text, path)
 
 
+def write_grouped(summary: pd.DataFrame, out: Path, name: str, title, markdown, latex) -> str:
+    """``name``.csv of the whole summary, then ``name``.md and ``name``.tex with one table per (dataset,
+    backbone): ``title(group, dataset, backbone)`` heads each, ``markdown``/``latex(group, title)`` render it.
+    Returns the line the aggregate step prints."""
+    write_csv(summary, out / f"{name}.csv")
+    md, tex = [], []
+    for (dataset, backbone), grp in summary.groupby(["dataset", "backbone"], sort=False):
+        heading = title(grp, dataset, backbone)
+        md.append(markdown(grp, heading))
+        tex.append(latex(grp, heading))
+    write_text("\n".join(md), out / f"{name}.md")
+    write_text("\n".join(tex), out / f"{name}.tex")
+    return f"{name} table: {out / f'{name}.md'}"
+
+
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                   "·": r"$\cdot$", "±": r"$\pm$", "×": r"$\times$", "†": r"$^{\dagger}$", "‡": r"$^{\ddagger}$",

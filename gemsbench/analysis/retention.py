@@ -11,7 +11,7 @@ import pandas as pd
 
 from .table import Table
 from .render import labels as run_labels
-from .render import latex_document, latex_escape, markdown_rows, seeds_phrase, write_csv, write_text
+from .render import latex_document, latex_escape, markdown_rows, seeds_phrase, write_grouped
 
 #: retention table columns: (header, summary column or (base column, mean column, std column), factor, format)
 RETENTION_COLUMNS = [
@@ -124,15 +124,7 @@ def retention_latex(summary: pd.DataFrame, title: str) -> str:
 def make(config: dict, inputs: dict[str, list[Path]], out: Path) -> str:
     per_seed, _ = collect_retention(inputs["retention"], run_labels(config))
     summary = retention_summary(per_seed)
-    write_csv(summary, out / "retention.csv")
-    md, tex = [], []
-    for (dataset, backbone), grp in summary.groupby(["dataset", "backbone"], sort=False):
-        title = retention_title(grp, dataset, backbone)
-        md.append(retention_markdown(grp, title))
-        tex.append(retention_latex(grp, title))
-    write_text("\n".join(md), out / "retention.md")
-    write_text("\n".join(tex), out / "retention.tex")
-    return f"retention table: {out / 'retention.md'}"
+    return write_grouped(summary, out, "retention", retention_title, retention_markdown, retention_latex)
 
 
 TABLE = Table(name="retention", inputs={"retention": "retention"},
