@@ -155,27 +155,43 @@ def item_logits(model: nn.Module, hidden: torch.Tensor, item_token_ids: torch.Te
 
 
 def task_loss_sums(model: nn.Module, batch: dict, item_token_ids: torch.Tensor, is_encoder_decoder: bool,
-                   loss_vocab: str) -> tuple[torch.Tensor, torch.Tensor]:
+                   loss_vocab: str, head_per_task: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy over the labelled positions of each task: (rec_sum, search_sum).
 
     ``loss_vocab`` ``full`` normalises over the whole vocabulary (generation as in the release); ``items``
     over the item tokens only (cheaper, and what ranking uses). Either way only the labelled positions go
     through the head, in slices (:func:`head_map`).
+
+    ``head_per_task``: one head call per task on that task's positions, so that a backward pass of one task's
+    loss runs the head's gradient products over its own positions only (the ``timeline`` format's one backward
+    pass per task; one call over all positions would push zero gradients through the other task's rows). The
+    losses are the same; a backward pass of their sum costs the same products in two calls.
     """
     hidden = labelled_hidden(model, batch, is_encoder_decoder)
-    return _loss_sums(model, hidden, batch, item_token_ids, loss_vocab)
+    if not head_per_task:
+        return _loss_sums(model, hidden, batch, item_token_ids, loss_vocab)
+    is_search = batch["label_task"] == 1
+    return (_token_losses(model, hidden[~is_search], batch["label_item"][~is_search], item_token_ids,
+                          loss_vocab).sum(),
+            _token_losses(model, hidden[is_search], batch["label_item"][is_search], item_token_ids,
+                          loss_vocab).sum())
+
+
+def _token_losses(model: nn.Module, hidden: torch.Tensor, label_item: torch.Tensor, item_token_ids: torch.Tensor,
+                  loss_vocab: str) -> torch.Tensor:
+    """Cross-entropy [N] of hidden states [N, d] whose targets are the items ``label_item`` [N]."""
+    if loss_vocab == "full":
+        return head_map(model, hidden, lambda logits, target: F.cross_entropy(logits, target, reduction="none"),
+                        item_token_ids[label_item])
+    if loss_vocab == "items":
+        return head_map(model, hidden, lambda logits, target: F.cross_entropy(logits[:, item_token_ids], target,
+                                                                              reduction="none"), label_item)
+    raise ValueError(f"unknown loss_vocab {loss_vocab!r}; use full or items")
 
 
 def _loss_sums(model: nn.Module, hidden: torch.Tensor, batch: dict, item_token_ids: torch.Tensor,
                loss_vocab: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if loss_vocab == "full":
-        ce = head_map(model, hidden, lambda logits, target: F.cross_entropy(logits, target, reduction="none"),
-                      item_token_ids[batch["label_item"]])
-    elif loss_vocab == "items":
-        ce = head_map(model, hidden, lambda logits, target: F.cross_entropy(logits[:, item_token_ids], target,
-                                                                            reduction="none"), batch["label_item"])
-    else:
-        raise ValueError(f"unknown loss_vocab {loss_vocab!r}; use full or items")
+    ce = _token_losses(model, hidden, batch["label_item"], item_token_ids, loss_vocab)
     is_search = batch["label_task"] == 1
     return ce[~is_search].sum(), ce[is_search].sum()
 

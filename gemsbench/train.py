@@ -252,12 +252,13 @@ class Loop:
         return {k: v.to(self.device) for k, v in batch.items()}
 
     # --- gradients ----------------------------------------------------------------------------
-    def losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def losses(self, batch: dict, head_per_task: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         self.work.forward_tokens += batch_tokens(batch)
         self.work.forward_labels += len(batch["label_item"])
         self.method.before_forward(self.model, batch)
         with autocast(self.device, self.b.precision):
-            return task_loss_sums(self.model, batch, self.b.item_ids, self.b.is_encoder_decoder, self.s.loss_vocab)
+            return task_loss_sums(self.model, batch, self.b.item_ids, self.b.is_encoder_decoder, self.s.loss_vocab,
+                                  head_per_task)
 
     def joint_backward(self, batches: list[dict], n_rec: int, n_search: int) -> tuple[float, float]:
         """The joint gradient of the step into ``p.grad`` (``n_rec``/``n_search``: the step's global target counts,
@@ -311,13 +312,14 @@ class Loop:
                         split.backward_task(t, self.losses(sub)[t] * scale[t])
                         self._count_backward(sub)
             else:
-                rec, search = self.losses(batch)
+                rec, search = self.losses(batch, head_per_task=True)
                 n_lab = count_labels(batch)
-                # each task's backward pass runs through the whole shared graph
+                # each task's backward pass runs through the whole shared graph, and the head at its own labels
                 split.backward(rec * scale[0] if n_lab[0] else rec.detach(),
                                search * scale[1] if n_lab[1] else search.detach())
-                for _ in range(sum(1 for c in n_lab if c)):
-                    self._count_backward(batch)
+                for c in n_lab:
+                    if c:
+                        self._count_backward(batch, labels=c)
         if self.reducer.active:
             # both task gradients summed over the processes BEFORE the joint one is formed from them
             for task in split.grads:
@@ -353,9 +355,10 @@ class Loop:
                 if g is not None:
                     g.mul_(coef)
 
-    def _count_backward(self, batch: dict) -> None:
+    def _count_backward(self, batch: dict, labels: int | None = None) -> None:
+        """Count one backward pass over ``batch`` (its head products at ``labels`` positions: default all)."""
         self.work.backward_tokens += batch_tokens(batch)
-        self.work.backward_labels += len(batch["label_item"])
+        self.work.backward_labels += len(batch["label_item"]) if labels is None else int(labels)
 
     def scale_item_updates(self, before: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]) -> None:
         """``train.item_lr_scale``: the item-token rows' update of this step, multiplied by the scale. Adam-type

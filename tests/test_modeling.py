@@ -133,3 +133,35 @@ def test_the_head_in_slices_gives_the_losses_and_gradients_of_the_whole_head(syn
     torch.testing.assert_close(sliced[1], whole[1])
     for a, b in zip(sliced[2], whole[2]):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("loss_vocab", ["full", "items"])
+def test_a_head_call_per_task_gives_the_same_losses_and_task_gradients(synthetic_dataset, loss_vocab, monkeypatch):
+    """``head_per_task`` (the timeline format's one backward pass per task): each head call holds one task's
+    positions only, and each task's loss and gradient equal those of one head call over every position."""
+    from gemsbench import modeling
+
+    bb, batch = tiny_timeline_batch(synthetic_dataset, 4)
+    ids = torch.tensor(bb.item_token_ids)
+    assert bool(batch["label_task"].eq(0).any()) and bool(batch["label_task"].eq(1).any())
+    params = [p for p in bb.model.parameters() if p.requires_grad]
+
+    def task_grads(**kw):
+        losses = task_loss_sums(bb.model, batch, ids, False, loss_vocab, **kw)
+        grads = [torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) for loss in losses]
+        return [loss.detach() for loss in losses], grads
+
+    whole = task_grads()
+    calls = []
+    head_forward = modeling.vocab_logits
+    monkeypatch.setattr(modeling, "vocab_logits", lambda m, h: calls.append(len(h)) or head_forward(m, h))
+    split = task_grads(head_per_task=True)
+    assert sorted(calls) == sorted(int(c) for c in batch["label_task"].bincount(minlength=2))
+    for a, b in zip(split[0], whole[0]):
+        torch.testing.assert_close(a, b)
+    for task_a, task_b in zip(split[1], whole[1]):
+        for a, b in zip(task_a, task_b):
+            if a is None or b is None:
+                assert a is None and b is None or (a if b is None else b).abs().max() == 0
+            else:
+                torch.testing.assert_close(a, b)
