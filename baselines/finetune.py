@@ -1,13 +1,20 @@
-"""The plain LLM baselines: full fine-tuning (AdamW) and LoRA (also DoRA, PiSSA) through peft."""
+"""The plain LLM baselines: full fine-tuning (AdamW) and LoRA (also DoRA, PiSSA) through peft.
+
+peft is imported by the LoRA methods when they build or inspect a model, not with this module: every job of
+the DAG registers every method, and the runs that use no adapter (full fine-tuning, GEMS, GaLore and their
+evaluation and retention jobs) need not pay peft's import."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from peft import LoraConfig, get_peft_model
-from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 from torch import nn
 
 from gemsbench.methods.base import LLMMethod, register_method
 from gemsbench.methods.hparams import ADAMW_TYPES, DROPOUT, boolean, choice, integer, number
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 T5_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
@@ -72,6 +79,8 @@ class LoRA(LLMMethod):
     hparam_types = {**ADAMW_TYPES, **LORA_TYPES}
 
     def lora_config(self, model, item_token_ids) -> LoraConfig:
+        from peft import LoraConfig
+
         init = {"default": True, "pissa": "pissa", "gaussian": "gaussian"}[self.hparams["init"]]
         return LoraConfig(r=self.hparams["rank"], lora_alpha=self.hparams["alpha"],
                           lora_dropout=self.hparams["dropout"], target_modules=linear_targets(model),
@@ -79,10 +88,14 @@ class LoRA(LLMMethod):
                           trainable_token_indices=list(item_token_ids))
 
     def prepare_model(self, model, item_token_ids):
+        from peft import get_peft_model
+
         return get_peft_model(model, self.lora_config(model, item_token_ids))
 
     def item_rows(self, model, item_token_ids):
         """peft's trainable item-token rows (one delta tensor shared by the embedding and a tied head)."""
+        from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
         seen: dict[int, nn.Parameter] = {}
         for m in model.modules():
             if isinstance(m, TrainableTokensLayer):

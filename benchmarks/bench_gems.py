@@ -199,7 +199,8 @@ def worker(args) -> dict:
             "peak_in_use_bytes": None if cuda else in_use.peak,
             "optimizer_state_bytes": summary["optimizer_state_bytes"],
             "trainable_parameters": summary["trainable_parameters"],
-            "load_average": [round(load_start, 2), round(load_average(), 2)]}
+            "load_average": [round(load_start, 2), round(load_average(), 2)],
+            "commit": measured_commit()}
 
 
 # --- main: run the workers, summarise ---------------------------------------------------------------------

@@ -152,6 +152,10 @@ def _check_group(group: dict) -> None:
                              "rank or use task_basis='raw'")
 
 
+def _projector_tensors(projector: DenseProjector | LowRankProjector) -> list[Tensor]:
+    return [projector.basis if isinstance(projector, LowRankProjector) else projector.matrix]
+
+
 class MultiSubspaceAdamW(Optimizer):
     """AdamW whose targeted 2-D weights are updated in shared + search + rec low-rank subspaces (see module doc).
 
@@ -206,6 +210,16 @@ class MultiSubspaceAdamW(Optimizer):
 
     def _targeted_params(self) -> dict[Tensor, dict]:
         return {p: g for g in self.param_groups if g["targeted"] for p in g["params"]}
+
+    def held_tensors(self) -> list[Tensor]:
+        """Tensors the optimizer keeps outside ``state``: the attached null projectors and the cached projection
+        operands (bases folded with a projector, or cast to the projection dtype). Memory accounting counts them
+        with the state (``gemsbench.train.optimizer_state_bytes``); an operand that is the basis itself is the
+        same storage and counted once there."""
+        held = [t for projector, _ in self._null.values() for t in _projector_tensors(projector)]
+        held += [cached[3] for cached in self._operand_cache.values()]
+        held += [t for cast in self._projector_cache.values() for t in _projector_tensors(cast[2])]
+        return held
 
     def set_null_projector(self, param: Tensor, projector: Tensor | LowRankProjector | None,
                            side: str = "output") -> None:

@@ -674,18 +674,26 @@ def task_cosine(tg: TaskGradients) -> float:
 
 
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
-    """Bytes of every tensor in the optimizer's state, nested ones included (GEMS and GaLore keep each
-    subspace's basis and moments in a dict of their own)."""
-    def size(value) -> int:
-        if torch.is_tensor(value):
-            return value.numel() * value.element_size()
-        if isinstance(value, dict):
-            return sum(size(v) for v in value.values())
-        if isinstance(value, (list, tuple)):
-            return sum(size(v) for v in value)
-        return 0
+    """Bytes of every tensor the optimizer holds: its state, nested ones included (GEMS and GaLore keep each
+    subspace's basis and moments in a dict of their own), and what it keeps outside ``state``
+    (``held_tensors()``: GEMS's null projectors and cached projection operands). Each storage counts once."""
+    seen: dict[tuple, int] = {}
 
-    return sum(size(st) for st in opt.state.values())
+    def visit(value) -> None:
+        if torch.is_tensor(value):
+            storage = value.untyped_storage()
+            seen[(value.device.type, storage.data_ptr())] = storage.nbytes()
+        elif isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                visit(v)
+
+    visit(list(opt.state.values()))
+    if hasattr(opt, "held_tensors"):
+        visit(opt.held_tensors())
+    return sum(seen.values())
 
 
 def peak_memory_bytes(device: str) -> int:

@@ -120,3 +120,29 @@ def test_optimizer_state_size_counts_the_subspace_bases_and_moments():
     # right-side bases (8×r) and moments (12×r) of the shared (r 4) and two task (r 2) subspaces, float32
     expected = sum(4 * (8 * r + 2 * 12 * r) for r in (4, 2, 2))
     assert optimizer_state_bytes(opt) == expected
+
+
+def test_optimizer_state_size_counts_null_projectors_and_each_storage_once():
+    """Memory accounting (the efficiency table, bench_gems) counts what GEMS holds outside ``state`` too: an
+    attached null projector (here a dense 8×8 one over the input features) and a basis folded with it, while a
+    projector attached to two weights is one storage."""
+    from gemsbench.train import optimizer_state_bytes
+
+    w, v = torch.nn.Parameter(torch.randn(12, 8)), torch.nn.Parameter(torch.randn(12, 8))
+    opt = MultiSubspaceAdamW([{"params": [w, v], "targeted": True}], rank=4, task_rank=2)
+    for p in (w, v):
+        p.grad = torch.randn(12, 8)
+    opt.set_task_gradients({p: torch.randn(12, 8) for p in (w, v)}, {p: torch.randn(12, 8) for p in (w, v)},
+                           1, 1, 1.0, 1.0)
+    opt.step()
+    plain = optimizer_state_bytes(opt)
+    assert plain == 2 * sum(4 * (8 * r + 2 * 12 * r) for r in (4, 2, 2))
+    projector = null_projector()
+    for p in (w, v):
+        opt.set_null_projector(p, projector, side="input")  # folds into the right-side (8×r) bases
+        p.grad = torch.randn(12, 8)
+    opt.set_task_gradients({p: torch.randn(12, 8) for p in (w, v)}, {p: torch.randn(12, 8) for p in (w, v)},
+                           1, 1, 1.0, 1.0)
+    opt.step()
+    folded = 2 * sum(4 * 8 * r for r in (4, 2, 2))
+    assert optimizer_state_bytes(opt) == plain + 4 * 8 * 8 + folded

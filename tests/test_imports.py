@@ -142,3 +142,22 @@ def test_one_atomic_write_implementation():
                     and node.attr in ("replace", "rename", "fsync"):
                 offenders.append(f"{module}:{node.lineno} os.{node.attr}")
     assert not offenders, offenders
+
+
+def test_jobs_import_only_what_they_use():
+    """The jobs that train nothing (prepare, tables, figures) start without torch or transformers, and every job
+    registers every method without importing peft (only the LoRA methods use it, when they build a model): a DAG
+    starts ~100 Python processes, and these imports cost seconds each."""
+    import subprocess
+
+    code = ("import sys\n"
+            "import gemsbench.cli.prepare, gemsbench.cli.aggregate, gemsbench.cli.figures\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules)\n"
+            "assert not heavy, f'table, figure and prepare jobs imported {heavy}'\n"
+            "from gemsbench.methods.registry import build_method, known_methods\n"
+            "methods = [build_method(name) for name in known_methods()]\n"
+            "assert 'peft' not in sys.modules, 'registering the methods imported peft'\n"
+            "print(len(methods))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) >= 10
