@@ -312,6 +312,30 @@ def summary_lines(report: dict) -> list[str]:
     return lines
 
 
+def memory_floor_lines(report: dict) -> list[str]:
+    """What GEMS's bytes in use cannot go below, per batch setting and format, from the run's own numbers.
+
+    Exact GEMS accumulates both task gradients at full size over a step's micro-batches (the clipping norm and
+    the heuristic gate's norms are norms of the summed gradients), where AdamW accumulates one: one gradient's
+    bytes G more. Against that, its optimizer holds S_gems (subspace bases and moments, null projectors, AdamW
+    on the untargeted weights) instead of AdamW's S_adamw. With full fine-tuning's activations the floor is
+    in_use(full FT) + G + S_gems − S_adamw."""
+    lines = ["| batch | format | G (one gradient) GiB | S_adamw GiB | S_gems GiB | floor GiB | floor × full FT | "
+             "measured × full FT |", "|---|---|---|---|---|---|---|---|"]
+    for batch, by_format in report["results"].items():
+        for fmt, by_variant in by_format.items():
+            ft, gems = by_variant.get("full_ft"), by_variant.get("gems")
+            if not ft or not gems or not ft.get("peak_in_use_bytes") or not gems.get("peak_in_use_bytes"):
+                continue
+            grad = 4 * gems["trainable_parameters"]  # float32 weights, hence gradients
+            floor = ft["peak_in_use_bytes"] + grad + gems["optimizer_state_bytes"] - ft["optimizer_state_bytes"]
+            lines.append(f"| {batch} | {fmt} | {grad / 2**30:.3f} | {ft['optimizer_state_bytes'] / 2**30:.3f} | "
+                         f"{gems['optimizer_state_bytes'] / 2**30:.3f} | {floor / 2**30:.2f} | "
+                         f"{floor / ft['peak_in_use_bytes']:.3f}× | "
+                         f"{gems['peak_in_use_bytes'] / ft['peak_in_use_bytes']:.3f}× |")
+    return lines if len(lines) > 2 else []
+
+
 def markdown(report: dict) -> str:
     lines = [f"# GEMS step cost ({report['device']}, {report['threads']} threads, {report['steps']} steps of which "
              f"{report['warmup']} warm-up, SVD refresh measured with update_gap {report['gap']}; commit "
@@ -343,6 +367,20 @@ def markdown(report: dict) -> str:
               "Peak memory = the worker's peak RSS on a CPU (CUDA max-allocated on a GPU); peak in use = the most "
               "bytes glibc's allocator had handed out at once (sampled every 10 ms): RSS also counts freed memory "
               "the allocator keeps in its arenas for reuse, which depends on how the heap fragments."]
+    floor = memory_floor_lines(report)
+    if floor:
+        lines += ["", "**Memory floor of exact GEMS** (bytes in use): exact GEMS accumulates both task gradients at "
+                  "full size over a step's micro-batches (clipping and the heuristic gate need norms of the summed "
+                  "gradients), one gradient G more than AdamW's one; its optimizer holds S_gems (subspace bases and "
+                  "moments, null projectors, AdamW on the untargeted weights) instead of AdamW's moments S_adamw. "
+                  "With full fine-tuning's activations: floor = in use (full FT) + G + S_gems − S_adamw. In `prompt` "
+                  "the row split holds fewer activations than autograd's graph, so the measurement can be below it.",
+                  "", *floor]
+    commits = sorted({r.get("commit") for by_format in report["results"].values()
+                      for by_variant in by_format.values() for r in by_variant.values() if r.get("commit")})
+    if commits and commits != [report.get("commit")]:
+        lines += ["", f"Workers ran at: {', '.join(commits)} (each worker records the commit it ran; the run "
+                  f"started at {report.get('commit')})."]
     return "\n".join(lines) + "\n"
 
 
@@ -385,8 +423,13 @@ if __name__ == "__main__":
     p.add_argument("--format", choices=["prompt", "timeline"], help=argparse.SUPPRESS)
     p.add_argument("--batch", choices=list(BATCHES), default="config", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="only write bench_gems.md again from a saved bench_gems.json (no measurement)")
     args = p.parse_args()
-    if args.worker:
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        (args.render.parent / "bench_gems.md").write_text(markdown(saved))
+    elif args.worker:
         args.variant = args.worker
         print(json.dumps(worker(args)))
     else:

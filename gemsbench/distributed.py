@@ -59,6 +59,50 @@ def launched() -> World:
     return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
+def under_launcher() -> bool:
+    """True in a process that ``torchrun`` started (it sets ``LOCAL_RANK``), whatever the world size."""
+    return "LOCAL_RANK" in os.environ
+
+
+#: the module every training process runs
+TRAINER = "gemsbench.cli.train"
+
+
+def launch_command(processes: int, nodes: int, argv: Sequence[str], python: str,
+                   slurm: tuple[str, str] | None = None) -> list[str]:
+    """The command that starts one run's ``processes`` × ``nodes`` trainer processes, each given ``argv``.
+
+    One node: ``python -m torch.distributed.run --standalone`` (torchrun). Several nodes (SLURM): ``srun`` starts
+    one torchrun per node of the allocation, which meet at its first node (c10d rendezvous); ``slurm`` is
+    (job id, first host). ``--`` ends torchrun's options: it would read the trainer's ``--run`` as its own
+    ``--run-path``."""
+    if processes < 1 or nodes < 1:
+        raise DistributedError(f"processes ({processes}) and nodes ({nodes}) must be at least 1")
+    torchrun = [python, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+    trainer = ["-m", TRAINER, "--", *argv]
+    if nodes == 1:
+        return [*torchrun[:3], "--standalone", *torchrun[3:], *trainer]
+    if slurm is None:
+        raise DistributedError(f"nodes: {nodes} needs a SLURM allocation of {nodes} nodes (SLURM_JOB_ID and "
+                               "SLURM_JOB_NODELIST unset): run through the SLURM profile (README, Several nodes), "
+                               "or set nodes: 1")
+    job_id, host = slurm
+    return ["srun", "--nodes", str(nodes), "--ntasks-per-node", "1", *torchrun, "--nnodes", str(nodes),
+            "--rdzv_backend", "c10d", "--rdzv_id", job_id, "--rdzv_endpoint", f"{host}:29500", *trainer]
+
+
+def slurm_allocation() -> tuple[str, str] | None:
+    """(job id, first host) of the SLURM allocation this process runs in, or None outside one."""
+    import subprocess
+
+    job, nodelist = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_JOB_NODELIST")
+    if not job or not nodelist:
+        return None
+    hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                           check=True).stdout.split()
+    return job, hosts[0]
+
+
 def current() -> World:
     """The world of the joined process group, else one process of one."""
     if dist.is_available() and dist.is_initialized():

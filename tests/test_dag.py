@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from dag_args import PARALLEL_JOBS
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
@@ -21,7 +22,7 @@ def snakemake(workdir, *args, configfile=ROOT / "config" / "test.yaml"):
 @pytest.fixture(scope="module")
 def dag_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("dag")
-    r = snakemake(work, "--cores", "2")
+    r = snakemake(work, "--cores", "2", *PARALLEL_JOBS)
     assert r.returncode == 0, r.stderr[-3000:]
     return work, r
 
@@ -168,17 +169,17 @@ def test_convergence_table_has_every_llm_runs_validations(dag_run):
     assert set(summary["run"]) == llm
 
 
-def test_a_config_asking_for_two_processes_trains_llm_runs_under_torchrun(tmp_path):
-    """`processes: 2` starts LLM runs with torchrun (threads shared out); other methods stay one plain process."""
-    config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
-    config.update(processes=2, results_dir=str(tmp_path / "results"), paper_figures_dir=str(tmp_path / "figures"))
-    path = tmp_path / "two.yaml"
-    path.write_text(yaml.safe_dump(config))
-    r = snakemake(tmp_path, "-n", "-p", "--cores", "2", configfile=path)
+def test_a_config_asking_for_two_processes_passes_them_to_every_trainer_and_replans_nothing(dag_run):
+    """`processes: 2` reaches every trainer as --processes 2 (the trainer starts torchrun for LLM methods itself:
+    tests/test_distributed.py), and neither it nor fewer threads re-plan a finished run: they are resources, not
+    parameters."""
+    work, _ = dag_run
+    r = snakemake(work, "-n", "--cores", "1", "--config", "processes=2")
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-2000:]
+    r = snakemake(work, "-n", "-p", "--cores", "2", "--forcerun", "train", "--config", "processes=2")
     assert r.returncode == 0, r.stderr
     commands = [line for line in r.stdout.splitlines() if "-m gemsbench.cli.train" in line]
-    llm = [c for c in commands if "--run popularity" not in c]
-    assert llm and all("OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m gemsbench.cli.train -- "
-                       "--config" in c for c in llm)
-    assert any("--run popularity" in c and "OMP_NUM_THREADS=2 python -m gemsbench.cli.train --config" in c
+    config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    assert len(commands) == len(config["methods"]) + 2  # + the two sensitivity points
+    assert all("OMP_NUM_THREADS=2 python -m gemsbench.cli.train --processes 2 --nodes 1 --config" in c
                for c in commands)

@@ -190,3 +190,82 @@ def test_a_world_size_that_does_not_divide_the_global_batch_is_refused(synthetic
     monkeypatch.setattr(gemsbench.train, "current", lambda: World(0, 3))
     with pytest.raises(TrainingError, match=r"4 units cannot be split evenly over 3 processes.*divides 4"):
         Loop(build_method("full_ft"), context(synthetic_dataset, tmp_path, "tiny_llama", "timeline"))
+
+
+# --- starting the processes: the trainer's own launcher -------------------------------------------------------
+def test_the_launch_command_for_one_node_and_for_a_slurm_allocation():
+    from gemsbench.distributed import DistributedError, launch_command
+
+    argv = ["--config", "c.yaml", "--run", "gems"]
+    assert launch_command(4, 1, argv, "py") == [
+        "py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4", "-m", "gemsbench.cli.train",
+        "--", *argv]
+    assert launch_command(4, 2, argv, "py", slurm=("77", "node01")) == [
+        "srun", "--nodes", "2", "--ntasks-per-node", "1", "py", "-m", "torch.distributed.run", "--nproc_per_node",
+        "4", "--nnodes", "2", "--rdzv_backend", "c10d", "--rdzv_id", "77", "--rdzv_endpoint", "node01:29500",
+        "-m", "gemsbench.cli.train", "--", *argv]
+    with pytest.raises(DistributedError, match="needs a SLURM allocation"):
+        launch_command(4, 2, argv, "py")
+    with pytest.raises(DistributedError, match="must be at least 1"):
+        launch_command(0, 1, argv, "py")
+
+
+@pytest.mark.parametrize("run,relaunched", [("full_ft", True), ("popularity", False)])
+def test_the_trainer_relaunches_itself_under_torchrun_for_llm_methods_only(run, relaunched, monkeypatch):
+    """`--processes 2`: an LLM method's trainer replaces itself by torchrun with the threads shared out; a method
+    that trains outside the shared loop (popularity) trains in the process it was started in."""
+    import argparse
+    import sys
+
+    from gemsbench.cli import train as cli
+    from gemsbench.config import Run, load_config
+
+    started = []
+    monkeypatch.setattr(cli.os, "execvpe", lambda file, args, env: started.append((file, args, env)))
+    monkeypatch.setattr(sys, "argv", ["train.py", "--processes", "2", "--run", run])
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    config = load_config(Path(__file__).resolve().parent.parent / "config" / "test.yaml")
+    args = argparse.Namespace(processes=2, nodes=1)
+    cli.relaunch(args, config, Run("ml100k", "tiny_llama", run, 1))
+    if not relaunched:
+        assert not started
+        return
+    (file, command, env), = started
+    assert command[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    assert command[-5:] == ["--", "--processes", "2", "--run", run] and env["OMP_NUM_THREADS"] == "4"
+    monkeypatch.setenv("LOCAL_RANK", "0")  # already one of torchrun's processes: never again
+    cli.relaunch(args, config, Run("ml100k", "tiny_llama", run, 1))
+    assert len(started) == 1
+
+
+def test_the_trainer_started_with_two_processes_trains_under_torchrun(synthetic_dataset, tmp_path):
+    """The real path end to end: `python -m gemsbench.cli.train --processes 2` starts torchrun, whose two gloo
+    processes train the run (the log says 2 processes) with the 1-process run's first losses."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = yaml.safe_load((root / "config" / "test.yaml").read_text())
+    cfg["train"].update(max_steps=2, eval_every=2, val_examples=4, selection="last", conflict_every=0)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+
+    def train(run_dir: Path, processes: int) -> list[dict]:
+        done = subprocess.run(
+            [sys.executable, "-m", "gemsbench.cli.train", "--processes", str(processes), "--config", str(config),
+             "--dataset", "ml100k", "--backbone", "tiny_llama", "--run", "full_ft", "--seed", "1", "--data",
+             str(synthetic_dataset.root), "--run-dir", str(run_dir)],
+            env={**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}, capture_output=True,
+            text=True, cwd=root)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+    two, one = train(tmp_path / "two", 2), train(tmp_path / "one", 1)
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["processes"] == 1
+    assert len(two) == len(one) == 2
+    for key in ("loss_rec", "loss_search"):
+        assert two[0][key] == pytest.approx(one[0][key], rel=1e-5)

@@ -1,22 +1,29 @@
 """Train one run (dataset, backbone, method entry, seed); resumes from the run's last checkpoint when it was
 written for the same run spec. One trainer per run directory: a second one fails at once.
 
-Started by ``torchrun`` with several processes, an LLM method trains data-parallel (:mod:`gemsbench.distributed`):
-rank 0 holds the lock and writes every file."""
+With ``--processes N`` (and ``--nodes M``) an LLM method trains data-parallel (:mod:`gemsbench.distributed`): the
+process started plainly replaces itself by ``torchrun`` (and ``srun`` across nodes), which starts N processes per
+node running this module again, the threads given to it shared out among them; rank 0 holds the lock and writes
+every file. Methods that train outside the shared loop ignore ``--processes``. The DAG passes the config's
+``processes``/``nodes`` as resources of the train rule, so changing them (or ``--cores``) never re-plans a finished
+run."""
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from ..atomic import atomic_write_json
-from ..config import digest, run_spec
-from ..distributed import launched
+from ..config import digest, method_entry, run_spec
+from ..distributed import launch_command, launched, slurm_allocation, under_launcher
 from ..methods.base import LLMMethod
+from ..methods.registry import method_class
 from ..locks import LockBusy, file_lock
 from ..train import TrainingError
 from .common import add_run_args, build_run, config_and_run, main, parser
@@ -53,8 +60,25 @@ def training_lock(run_dir: Path, held: bool = True):
                             f"other's checkpoints; lock file {e.path})") from None
 
 
+def relaunch(args, config, r) -> None:
+    """Replace this process by the run's ``args.processes`` × ``args.nodes`` trainer processes when several are
+    asked for an LLM method and this process is not one of them yet; return otherwise."""
+    if (args.processes, args.nodes) == (1, 1) or under_launcher():
+        return
+    if not issubclass(method_class(method_entry(config, r.run)["method"]), LLMMethod):
+        return  # trains outside the shared loop: one process
+    threads = int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads())
+    command = launch_command(args.processes, args.nodes, [a for a in sys.argv[1:] if a != "--"], sys.executable,
+                             slurm_allocation() if args.nodes > 1 else None)
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // args.processes))}
+    log.info("starting %d process(es) on %d node(s): %s", args.processes, args.nodes, " ".join(command))
+    logging.shutdown()
+    os.execvpe(command[0], command, env)
+
+
 def run(args) -> None:
     config, r = config_and_run(args)
+    relaunch(args, config, r)
     world = launched()
     with training_lock(Path(args.run_dir), held=world.main):
         method, ctx = build_run(config, r, args.data, args.run_dir)
@@ -75,4 +99,9 @@ def run(args) -> None:
 if __name__ == "__main__":
     p = parser(__doc__)
     add_run_args(p)
-    main(run, p.parse_args())
+    p.add_argument("--processes", type=int, default=1,
+                   help="processes per node training an LLM run data-parallel (torchrun; one per GPU)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes of a SLURM allocation (srun + torchrun per node)")
+    argv = sys.argv[1:]
+    # torchrun hands its child the arguments after its own `--` with that `--` still first
+    main(run, p.parse_args(argv[1:] if argv[:1] == ["--"] else argv))

@@ -1,37 +1,7 @@
-from gemsbench.config import method_entry
-from gemsbench.methods.base import LLMMethod
-from gemsbench.methods.registry import method_class
-
-
-def train_processes(wildcards, resources):
-    """(processes per node, nodes) of one training run: the config's (or a profile's) `processes` and `nodes`
-    for LLM methods, which train data-parallel; (1, 1) for methods that train outside the shared loop."""
-    if not issubclass(method_class(method_entry(config, wildcards.run)["method"]), LLMMethod):
-        return 1, 1
-    return int(resources.processes), int(resources.nodes)
-
-
-def trainer(wildcards, resources):
-    """The command that starts the trainer, up to its arguments: plain ``python`` for one process; ``torchrun``
-    for several on one node; across nodes (SLURM) ``srun`` starting one ``torchrun`` per node, which meet at the
-    first node of the allocation. torchrun reads ``--run`` as an abbreviation of its own ``--run-path`` unless
-    ``--`` ends its options."""
-    processes, nodes = train_processes(wildcards, resources)
-    entry = "-m gemsbench.cli.train"
-    if nodes > 1:
-        return (f"srun --nodes {nodes} --ntasks-per-node 1 torchrun --nnodes {nodes} --nproc_per_node {processes} "
-                "--rdzv_backend c10d --rdzv_id $SLURM_JOB_ID "
-                f"--rdzv_endpoint $(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1):29500 {entry} --")
-    if processes > 1:
-        return f"torchrun --standalone --nproc_per_node {processes} {entry} --"
-    return f"python {entry}"
-
-
-def threads_per_process(wildcards, threads, resources):
-    """The rule's threads shared by the training processes of one node."""
-    return max(1, threads // train_processes(wildcards, resources)[0])
-
-
+# Data parallelism: the config's `processes` and `nodes` are resources of the rule (a profile may override them),
+# passed to the trainer, which starts torchrun (and srun across nodes) for LLM methods itself
+# (gemsbench.cli.train.relaunch). Resources and threads are no rerun trigger: changing them, or --cores, never
+# re-plans a finished run.
 rule train:
     conda:
         "../envs/gemsbench.yaml"
@@ -46,8 +16,6 @@ rule train:
         spec=run_digest,
         data=lambda w, input: os.path.dirname(input.data[0]),
         run_dir=lambda w, output: os.path.dirname(output.summary),
-        trainer=trainer,
-        threads=threads_per_process,
     threads: 2  # lowered to --cores when fewer; profiles may raise it
     log:
         os.path.join(RESULTS, "logs/train/{dataset}/{backbone}/{run}/seed{seed}.log"),
@@ -58,6 +26,7 @@ rule train:
         processes=config["processes"],
         nodes=config["nodes"],
     shell:
-        "OMP_NUM_THREADS={params.threads} {params.trainer} --config {params.config:q} "
+        "OMP_NUM_THREADS={threads} python -m gemsbench.cli.train --processes {resources.processes} "
+        "--nodes {resources.nodes} --config {params.config:q} "
         "--dataset {wildcards.dataset:q} --backbone {wildcards.backbone:q} --run {wildcards.run:q} "
         "--seed {wildcards.seed:q} --data {params.data:q} --run-dir {params.run_dir:q} > {log:q} 2>&1"
