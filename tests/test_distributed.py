@@ -237,6 +237,10 @@ def test_the_trainer_relaunches_itself_under_torchrun_for_llm_methods_only(run, 
     monkeypatch.setenv("LOCAL_RANK", "0")  # already one of torchrun's processes: never again
     cli.relaunch(args, config, Run("ml100k", "tiny_llama", run, 1))
     assert len(started) == 1
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(TrainingError, match="nodes: 2 needs a SLURM allocation"):
+        cli.relaunch(argparse.Namespace(processes=2, nodes=2), config, Run("ml100k", "tiny_llama", run, 1))
 
 
 def test_the_trainer_started_with_two_processes_trains_under_torchrun(synthetic_dataset, tmp_path):

@@ -133,6 +133,8 @@ def test_divergence_stops_the_run_with_advice_that_fits_it_and_is_never_resumed(
     assert "lower the learning rate (hparams.lr = 0.001)" in message
     assert ("train.precision: fp32" in message) == (precision == "bf16")
     assert not (tmp_path / "checkpoint" / "last.pt").exists()  # step 2's checkpoint held the NaN weights' start
+    if precision == "bf16":
+        return  # what follows does not depend on the precision (and bf16 is emulated, slowly, on AVX2-only CPUs)
     summary = Loop(build_method("full_ft", {"lr": 1e-3}), context(synthetic_dataset, tmp_path,
                                                                   precision=precision)).run()
     assert not summary["resumed"] and summary["steps"] == 6

@@ -21,7 +21,7 @@ import torch
 
 from ..atomic import atomic_write_json
 from ..config import digest, method_entry, run_spec
-from ..distributed import launch_command, launched, slurm_allocation, under_launcher
+from ..distributed import DistributedError, launch_command, launched, slurm_allocation, under_launcher
 from ..methods.base import LLMMethod
 from ..methods.registry import method_class
 from ..locks import LockBusy, file_lock
@@ -68,8 +68,11 @@ def relaunch(args, config, r) -> None:
     if not issubclass(method_class(method_entry(config, r.run)["method"]), LLMMethod):
         return  # trains outside the shared loop: one process
     threads = int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads())
-    command = launch_command(args.processes, args.nodes, [a for a in sys.argv[1:] if a != "--"], sys.executable,
-                             slurm_allocation() if args.nodes > 1 else None)
+    try:
+        command = launch_command(args.processes, args.nodes, [a for a in sys.argv[1:] if a != "--"],
+                                 sys.executable, slurm_allocation() if args.nodes > 1 else None)
+    except DistributedError as e:
+        raise TrainingError(str(e)) from None
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // args.processes))}
     log.info("starting %d process(es) on %d node(s): %s", args.processes, args.nodes, " ".join(command))
     logging.shutdown()
