@@ -63,7 +63,8 @@ def test_dry_run_lists_the_full_job_graph(tmp_path):
 def test_paper_config_runs_end_to_end_on_fixtures(tmp_path):
     cfg = paper_on_fixtures(tmp_path)
     # the main table's part of the DAG; every other target is run end to end by tests/test_dag.py
-    r = snakemake(cfg, tmp_path, "--cores", "2", *PARALLEL_JOBS, "main_table")
+    # the target between one-value options: --configfile before it and --set-threads after it read every argument
+    r = snakemake(cfg, tmp_path, "--cores", "2", "main_table", *PARALLEL_JOBS)
     assert r.returncode == 0, r.stderr[-4000:]
     table = pd.read_csv(tmp_path / "results" / "paper" / "tables" / "main.csv")
     assert set(table["dataset"]) == {"qilin", "amazon"}

@@ -63,18 +63,19 @@ def training_lock(run_dir: Path, held: bool = True):
 def relaunch(args, config, r) -> None:
     """Replace this process by the run's ``args.processes`` × ``args.nodes`` trainer processes when several are
     asked for an LLM method and this process is not one of them yet; return otherwise."""
-    if (args.processes, args.nodes) == (1, 1) or under_launcher():
+    processes, nodes = getattr(args, "processes", 1), getattr(args, "nodes", 1)  # run() called from Python
+    if (processes, nodes) == (1, 1) or under_launcher():
         return
     if not issubclass(method_class(method_entry(config, r.run)["method"]), LLMMethod):
         return  # trains outside the shared loop: one process
     threads = int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads())
     try:
-        command = launch_command(args.processes, args.nodes, [a for a in sys.argv[1:] if a != "--"],
-                                 sys.executable, slurm_allocation() if args.nodes > 1 else None)
+        command = launch_command(processes, nodes, [a for a in sys.argv[1:] if a != "--"], sys.executable,
+                                 slurm_allocation() if nodes > 1 else None)
     except DistributedError as e:
         raise TrainingError(str(e)) from None
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // args.processes))}
-    log.info("starting %d process(es) on %d node(s): %s", args.processes, args.nodes, " ".join(command))
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // processes))}
+    log.info("starting %d process(es) on %d node(s): %s", processes, nodes, " ".join(command))
     logging.shutdown()
     os.execvpe(command[0], command, env)
 
