@@ -48,6 +48,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# this checkout's packages, not those of the checkout the environment was installed from (an editable install
+# points at one checkout; a benchmark run from another worktree must measure its own code)
+sys.path.insert(0, str(ROOT))
 CONFIG = ROOT / "config" / "reference.yaml"  # 16 windows per step, as the published efficiency table
 BACKBONE = {"source": "smollm2_gguf"}
 #: variant -> (method, hyper-parameter overrides on top of the default config's entry)

@@ -7,7 +7,9 @@ them, ``Loop.joint_backward`` for one joint pass), clipping, and the
 optimizer (``torch.optim.AdamW.step``; for the subspace methods ``set_task_gradients`` and, inside
 ``MultiSubspaceAdamW.step``, the targeted weights' subspace parts, the fused update, the plain-AdamW rest).
 Each timer's total over the steps from ``--warmup`` on is divided by their number. The wrappers add a few
-microseconds per call; the phases of one run, not two runs, are what to compare.
+microseconds per call; the phases of one run, not two runs, are what to compare. Beside each phase's wall time
+the profile prints the process's minor page faults and kernel (system) CPU seconds inside it: a phase whose
+memory is handed back to the kernel and faulted in again on every step shows there.
 
     python benchmarks/profile_step.py --variant gems --format timeline      # ~1.5 min on 2 CPU cores
     python benchmarks/profile_step.py --variant full_ft --format prompt --batch paper
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib
+import resource
 import sys
 import tempfile
 import time
@@ -46,8 +49,14 @@ PHASES = {  # (module, class, method) -> phase label
 }
 
 
-def instrument(totals: dict[str, float], snapshots: list[dict[str, float]]) -> None:
-    """Wrap every phase in a timer; snapshot the running totals after each optimizer step."""
+def usage() -> tuple[float, float, float]:
+    """(wall seconds, minor page faults, kernel CPU seconds) of this process so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter(), float(r.ru_minflt), r.ru_stime
+
+
+def instrument(totals: dict[str, list[float]], snapshots: list[dict[str, list[float]]]) -> None:
+    """Wrap every phase in a meter of :func:`usage`; snapshot the running totals after each optimizer step."""
     for (module, cls_name, name), label in PHASES.items():
         cls = getattr(importlib.import_module(module), cls_name)
         raw = next(k.__dict__[name] for k in cls.__mro__ if name in k.__dict__)  # AdamW inherits its step
@@ -56,20 +65,22 @@ def instrument(totals: dict[str, float], snapshots: list[dict[str, float]]) -> N
         is_step = name == "step"
 
         def timed(*args, _func=func, _label=label, _is_step=is_step, **kwargs):
-            start = time.perf_counter()
+            start = usage()
             try:
                 return _func(*args, **kwargs)
             finally:
-                totals[_label] += time.perf_counter() - start
+                total = totals[_label]
+                for k, (now, then) in enumerate(zip(usage(), start)):
+                    total[k] += now - then
                 if _is_step:
-                    snapshots.append(dict(totals))
+                    snapshots.append({label: list(v) for label, v in totals.items()})
 
         setattr(cls, name, staticmethod(timed) if is_static else timed)
 
 
 def main(args) -> None:
-    totals: dict[str, float] = collections.defaultdict(float)
-    snapshots: list[dict[str, float]] = []
+    totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
+    snapshots: list[dict[str, list[float]]] = []
     instrument(totals, snapshots)
     args.cache_root.mkdir(parents=True, exist_ok=True)
     data = bench_gems.dataset_dir(args.cache_root)
@@ -82,14 +93,17 @@ def main(args) -> None:
     if len(snapshots) != len(log) or len(log) <= args.warmup:
         sys.exit(f"{len(log)} steps, {len(snapshots)} optimizer steps: need more than --warmup {args.warmup}")
     # snapshot i is taken at the end of step i's optimizer step: phases of steps warmup.. = last − snapshot[w-1]
-    first = snapshots[args.warmup - 1] if args.warmup else collections.defaultdict(float)
+    first = snapshots[args.warmup - 1] if args.warmup else {}
     n = len(log) - args.warmup
     seconds = [e["seconds"] for e in log]
     print(f"{args.variant} · {args.format} · batch {args.batch} · step seconds {[round(s, 2) for s in seconds]}")
     print(f"mean of steps {args.warmup}..{len(log) - 1}: {sum(seconds[args.warmup:]) / n:.3f} s/step")
+    print(f"  {'phase':48s} {'s/step':>7s} {'faults/step':>12s} {'kernel s/step':>13s}")
     for label in PHASES.values():
         if label in totals:
-            print(f"  {label:48s} {(snapshots[-1].get(label, 0.0) - first.get(label, 0.0)) / n:7.3f} s/step")
+            last, before = snapshots[-1].get(label, [0.0] * 3), first.get(label, [0.0] * 3)
+            wall, faults, kernel = ((a - b) / n for a, b in zip(last, before))
+            print(f"  {label:48s} {wall:7.3f} {faults:12,.0f} {kernel:13.3f}")
 
 
 if __name__ == "__main__":

@@ -702,21 +702,26 @@ def peak_memory_bytes(device: str) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
-#: glibc mallopt parameters (malloc.h) and the value set for both: 1 GiB
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _ALLOCATOR_KEEP = -1, -3, 2 ** 30
+#: glibc mallopt parameters (malloc.h); trimming off (-1: "disables trimming completely", mallopt(3)); tensors
+#: below 1 GiB from the heap, not from mmap
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _TRIM_NEVER, _MMAP_FROM = -1, -3, -1, 2 ** 30
 
 
 @functools.cache
 def keep_freed_host_memory() -> bool:
-    """Ask glibc's allocator to keep freed memory for reuse instead of returning it to the OS (and serving
-    mid-size tensors from mmap). Every step allocates fresh gradient tensors; by default glibc unmaps or trims
-    them when freed, and the next step pays a page fault per 4 KiB page to get them back (several times the cost
-    of filling reused memory). Peak memory is unchanged (the memory is reused, not added). Applied once per process,
-    for every method alike; a no-op (False) where the C library is not glibc."""
+    """Ask glibc's allocator to keep freed memory for reuse instead of returning it to the OS: never trim the heap,
+    and serve tensors below 1 GiB from it rather than from fresh mmaps. A training step frees its activations and
+    gradients and allocates them again in the next micro-batch; whatever glibc hands back to the kernel in between
+    comes back as one page fault per 4 KiB page, taken by every thread on one lock. A finite trim threshold is not
+    enough: once a micro-batch's activations exceed it, the heap's top is trimmed and faulted in again every step
+    (the paper-batch profiles in benchmarks/README.md show what that costs). The peak is unchanged because the
+    memory is reused, not added; between steps the process keeps its peak resident, as a GPU caching allocator
+    does. Applied once per process, for every method alike; a no-op (False) where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_TRIM_THRESHOLD, _ALLOCATOR_KEEP)) and bool(libc.mallopt(_M_MMAP_THRESHOLD,
-                                                                                        _ALLOCATOR_KEEP))
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        return bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_NEVER)) and bool(libc.mallopt(_M_MMAP_THRESHOLD,
+                                                                                     _MMAP_FROM))
     except (OSError, AttributeError):
         return False
 
@@ -750,6 +755,7 @@ class LLMScorer:
 
 
 def load_llm_scorer(method: LLMMethod, ctx: RunContext) -> LLMScorer:
+    keep_freed_host_memory()  # scoring batches allocate and free alike
     settings = TrainSettings.from_dict(ctx.train)
     built = build(method, ctx, settings)
     best = Path(ctx.run_dir) / "checkpoint" / "best.pt"
