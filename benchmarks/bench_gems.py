@@ -66,6 +66,9 @@ VARIANTS = {
 #: both formats; the gradients have the weights' shapes)
 PLAN = {"prompt": list(VARIANTS), "timeline": ["full_ft", "lora", "gems", "gems_no_nsp_rsvd"]}
 TARGETS = {"prompt": 1.15, "timeline": 1.75}
+#: seconds between the in-use samples: a peak lasts a pass (seconds); each mallinfo2 call walks the arenas' free
+#: lists (~0.7 ms on a fragmented heap) beside the measured threads
+IN_USE_INTERVAL = 0.05
 MEMORY_TARGET = 1.0
 #: batch settings: name -> (batch_size, grad_accum), None = the config's own
 BATCHES = {"config": None, "paper": (32, 4)}
@@ -141,7 +144,7 @@ class InUseSampler:
     heap fragments; the in-use peak is what the run's tensors and buffers really held at once, the CPU
     counterpart of CUDA's max-allocated. None where the C library is not glibc."""
 
-    def __init__(self, interval: float = 0.01):
+    def __init__(self, interval: float = IN_USE_INTERVAL):
         import ctypes
         import threading
 
@@ -199,7 +202,7 @@ def worker(args) -> dict:
             "peak_memory_bytes": int(torch.cuda.max_memory_allocated()) if cuda else
             int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
             "memory_kind": "cuda max allocated" if cuda else "peak RSS of the worker process",
-            "peak_in_use_bytes": None if cuda else in_use.peak,
+            "peak_in_use_bytes": None if cuda else in_use.peak, "in_use_interval_s": in_use.interval,
             "optimizer_state_bytes": summary["optimizer_state_bytes"],
             "trainable_parameters": summary["trainable_parameters"],
             "load_average": [round(load_start, 2), round(load_average(), 2)],
@@ -340,6 +343,10 @@ def memory_floor_lines(report: dict) -> list[str]:
 
 
 def markdown(report: dict) -> str:
+    # readings before the interval was recorded sampled every 10 ms
+    intervals = sorted({r.get("in_use_interval_s", 0.01) for by_format in report["results"].values()
+                        for by_variant in by_format.values() for r in by_variant.values()})
+    in_use_ms = " / ".join(f"{1000 * i:g} ms" for i in intervals) or "interval not recorded"
     lines = [f"# GEMS step cost ({report['device']}, {report['threads']} threads, {report['steps']} steps of which "
              f"{report['warmup']} warm-up, SVD refresh measured with update_gap {report['gap']}; commit "
              f"{report.get('commit', 'not recorded')})", "",
@@ -368,7 +375,7 @@ def markdown(report: dict) -> str:
               "config's, `paper` the paper's effective batch (32 prompts × 4 accumulation steps).",
               "Amortised = steady + (refresh step − steady) / the method's configured update_gap.",
               "Peak memory = the worker's peak RSS on a CPU (CUDA max-allocated on a GPU); peak in use = the most "
-              "bytes glibc's allocator had handed out at once (sampled every 10 ms): RSS also counts freed memory "
+              f"bytes glibc's allocator had handed out at once (sampled every {in_use_ms}): RSS also counts freed memory "
               "the allocator keeps in its arenas for reuse, which depends on how the heap fragments."]
     floor = memory_floor_lines(report)
     if floor:
