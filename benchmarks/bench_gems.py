@@ -66,9 +66,6 @@ VARIANTS = {
 #: both formats; the gradients have the weights' shapes)
 PLAN = {"prompt": list(VARIANTS), "timeline": ["full_ft", "lora", "gems", "gems_no_nsp_rsvd"]}
 TARGETS = {"prompt": 1.15, "timeline": 1.75}
-#: seconds between the in-use samples: a peak lasts a pass (seconds); each mallinfo2 call walks the arenas' free
-#: lists (~0.7 ms on a fragmented heap) beside the measured threads
-IN_USE_INTERVAL = 0.05
 MEMORY_TARGET = 1.0
 #: batch settings: name -> (batch_size, grad_accum), None = the config's own
 BATCHES = {"config": None, "paper": (32, 4)}
@@ -137,6 +134,11 @@ def read_log(run_dir: Path) -> list[dict]:
 
 
 # --- worker: one variant, one format, in its own process ----------------------------------------------
+#: seconds between the in-use samples: a peak lasts a pass (seconds); each mallinfo2 call walks the arenas' free
+#: lists (~0.7 ms on a fragmented heap) beside the measured threads
+IN_USE_INTERVAL = 0.05
+
+
 class InUseSampler:
     """Peak bytes glibc's allocator has handed out and not taken back (``mallinfo2``), sampled every
     ``interval`` seconds in a thread. Peak RSS also counts memory freed into the allocator's arenas and kept
@@ -342,11 +344,16 @@ def memory_floor_lines(report: dict) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
+def worker_results(report: dict) -> list[dict]:
+    """Every worker's result in a report (results: batch -> format -> variant -> result)."""
+    return [r for by_format in report["results"].values() for by_variant in by_format.values()
+            for r in by_variant.values()]
+
+
 def markdown(report: dict) -> str:
-    # readings before the interval was recorded sampled every 10 ms
-    intervals = sorted({r.get("in_use_interval_s", 0.01) for by_format in report["results"].values()
-                        for by_variant in by_format.values() for r in by_variant.values()})
-    in_use_ms = " / ".join(f"{1000 * i:g} ms" for i in intervals) or "interval not recorded"
+    # readings taken before the workers recorded the interval sampled every 10 ms
+    in_use_ms = " / ".join(f"{1000 * i:g} ms" for i in sorted({r.get("in_use_interval_s", 0.01)
+                                                                for r in worker_results(report)}))
     lines = [f"# GEMS step cost ({report['device']}, {report['threads']} threads, {report['steps']} steps of which "
              f"{report['warmup']} warm-up, SVD refresh measured with update_gap {report['gap']}; commit "
              f"{report.get('commit', 'not recorded')})", "",
@@ -386,8 +393,7 @@ def markdown(report: dict) -> str:
                   "With full fine-tuning's activations: floor = in use (full FT) + G + S_gems − S_adamw. In `prompt` "
                   "the row split holds fewer activations than autograd's graph, so the measurement can be below it.",
                   "", *floor]
-    commits = sorted({r.get("commit") for by_format in report["results"].values()
-                      for by_variant in by_format.values() for r in by_variant.values() if r.get("commit")})
+    commits = sorted({r["commit"] for r in worker_results(report) if r.get("commit")})
     if commits and commits != [report.get("commit")]:
         lines += ["", f"Workers ran at: {', '.join(commits)} (each worker records the commit it ran; the run "
                   f"started at {report.get('commit')})."]
@@ -408,7 +414,7 @@ def main(args) -> None:
         plan = PLAN if batch == "config" else PAPER_PLAN
         report["results"][batch] = {fmt: {v: run_worker(v, fmt, batch, args) for v in args.variants or plan[fmt]}
                                     for fmt in args.formats}
-    report["device"] = next(iter(next(iter(next(iter(report["results"].values())).values())).values()))["device"]
+    report["device"] = worker_results(report)[0]["device"]
     report["ratios"] = ratios(report["results"])
     report["total_seconds"] = round(time.perf_counter() - start, 1)
     args.out.mkdir(parents=True, exist_ok=True)
