@@ -28,10 +28,10 @@ counts freed memory glibc keeps in its arenas, which depends on how the heap fra
 a GEMS / full FT summary per batch setting and format, and records the commit it measured. Targets from the
 issue, at the paper's batch: GEMS within 1.15x of full fine-tuning per step in the prompt format, 1.75x in the
 timeline format (whose floor is about 5/3: one forward and two backward passes against one and one), peak
-memory within 1.0x. A shared machine makes single steps
-noisy: the load average at each worker's start and end is recorded with its numbers.
+memory within 1.0x. A shared machine makes single steps noisy: the load average at each worker's start and
+end is recorded with its numbers.
 
-    python benchmarks/bench_gems.py                        # both batch settings and formats (make bench, ~75 min)
+    python benchmarks/bench_gems.py                        # both batch settings and formats (make bench, ~70 min)
     python benchmarks/bench_gems.py --steps 8 --formats prompt --variants full_ft gems --batches paper
 
 Writes ``benchmarks/results/bench_gems.json`` and ``bench_gems.md``.
