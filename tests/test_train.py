@@ -286,16 +286,14 @@ def test_item_lr_scale_multiplies_the_item_rows_update_only(method, synthetic_da
 _RESIDENT_AFTER_FREE = """
 import ctypes, sys, torch
 from gemsbench.train import keep_freed_host_memory
-if sys.argv[1] == "keep":
-    assert keep_freed_host_memory()
-elif sys.argv[1] == "finite":  # the former setting: trim above 1 GiB
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-1, 2 ** 30); libc.mallopt(-3, 2 ** 30)
+assert keep_freed_host_memory()
 def resident():
     return int(open("/proc/self/statm").read().split()[1]) * 4096
 base = resident()
 xs = [torch.ones(2 ** 26) for _ in range(5)]  # 5 x 256 MiB on the heap, every page touched
 del xs
+if sys.argv[1] == "handed back":  # the control: what a process that returns its freed memory reads
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
 print((resident() - base) / 2 ** 20)
 """
 
@@ -304,11 +302,14 @@ print((resident() - base) / 2 ** 20)
                     reason="glibc on Linux only")
 def test_freed_host_memory_stays_resident_for_the_next_step():
     """A step's freed tensors stay in the process for the next one (no page faults to get them back), also when
-    they exceed 1 GiB together: the former 1 GiB trim threshold handed them back, which the control shows."""
+    they exceed 1 GiB together (the former 1 GiB trim threshold handed such a heap top back). The control hands
+    the same freed memory back explicitly (malloc_trim), so the probe is shown to see the difference; the former
+    setting itself is not the control because whether glibc trims under it depends on where the heap lies
+    (it kept all 1.25 GiB in about one process in six)."""
     def kept(mode):
         done = subprocess.run([sys.executable, "-c", _RESIDENT_AFTER_FREE, mode], capture_output=True, text=True,
                               check=True)
         return float(done.stdout.split()[-1])
 
     assert kept("keep") > 1200  # MiB still resident after the free
-    assert kept("finite") < 300
+    assert kept("handed back") < 300
